@@ -1,0 +1,539 @@
+//! Password schemes in Dovecot's notation: reading stored passwords, verifying and hashing.
+
+use std::fmt;
+use std::hint::black_box;
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+use argon2::Argon2;
+use argon2::password_hash::{self, PasswordHasher, PasswordVerifier};
+use md5::{Digest, Md5};
+use sha_crypt::ShaCrypt;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use super::{AuthError, LineProblem};
+
+/// bcrypt cost for new BLF-CRYPT hashes: Dovecot's default of 5 is too cheap for today's
+/// hardware, 10 is the usual minimum recommendation, and any cost verifies everywhere.
+const BCRYPT_COST: u32 = 10;
+
+/// Dovecot's ARGON2ID parameters (libsodium's "interactive" limits): 64 MiB, 3 passes.
+const ARGON2ID_PARAMS: (u32, u32, u32) = (65536, 3, 1);
+
+/// Dovecot's ARGON2I parameters (libsodium's "interactive" limits): 32 MiB, 4 passes.
+const ARGON2I_PARAMS: (u32, u32, u32) = (32768, 4, 1);
+
+/// Salt bytes for SHA-crypt: 12 bytes encode to the 16 characters glibc and Dovecot use.
+const SHA_CRYPT_SALT_LEN: usize = 12;
+
+/// Salt bytes for bcrypt and Argon2 (bcrypt's fixed size; what libsodium uses for Argon2).
+const SALT_LEN: usize = 16;
+
+/// Scheme names longer than this are not echoed in errors: they are likely a mistyped secret.
+const MAX_SHOWN_SCHEME_LEN: usize = 32;
+
+/// A password scheme, named as in Dovecot (`{SHA512-CRYPT}` …).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    /// glibc SHA-512 crypt (`$6$`), the default as in Dovecot's `doveadm pw`.
+    #[default]
+    Sha512Crypt,
+    /// glibc SHA-256 crypt (`$5$`).
+    Sha256Crypt,
+    /// bcrypt (`$2y$`, `$2b$`, `$2a$`).
+    BlfCrypt,
+    /// Argon2id (`$argon2id$`).
+    Argon2id,
+    /// Argon2i (`$argon2i$`).
+    Argon2i,
+    /// The plaintext itself (also read as `{CLEAR}`); the only scheme that allows APOP.
+    Plain,
+}
+
+impl Scheme {
+    /// The Dovecot name, as written between braces.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::Sha512Crypt => "SHA512-CRYPT",
+            Scheme::Sha256Crypt => "SHA256-CRYPT",
+            Scheme::BlfCrypt => "BLF-CRYPT",
+            Scheme::Argon2id => "ARGON2ID",
+            Scheme::Argon2i => "ARGON2I",
+            Scheme::Plain => "PLAIN",
+        }
+    }
+
+    /// The scheme a crypt-style hash names with its `$id$` prefix.
+    fn of_hash(hash: &str) -> Option<Scheme> {
+        const PREFIXES: [(&str, Scheme); 7] = [
+            ("$6$", Scheme::Sha512Crypt),
+            ("$5$", Scheme::Sha256Crypt),
+            ("$2y$", Scheme::BlfCrypt),
+            ("$2b$", Scheme::BlfCrypt),
+            ("$2a$", Scheme::BlfCrypt),
+            ("$argon2id$", Scheme::Argon2id),
+            ("$argon2i$", Scheme::Argon2i),
+        ];
+        PREFIXES
+            .iter()
+            .find(|(prefix, _)| hash.starts_with(prefix))
+            .map(|&(_, scheme)| scheme)
+    }
+
+    /// Dovecot verifies the crypt schemes with crypt(3) and the Argon2 ones with libsodium, so
+    /// a declared scheme accepts any hash of its family.
+    fn is_argon2(self) -> bool {
+        matches!(self, Scheme::Argon2id | Scheme::Argon2i)
+    }
+}
+
+impl FromStr for Scheme {
+    type Err = AuthError;
+
+    /// Accepts Dovecot names in any case, and CLEAR as an alias of PLAIN.
+    fn from_str(name: &str) -> Result<Scheme, AuthError> {
+        let upper = name.to_ascii_uppercase();
+        match upper.as_str() {
+            "SHA512-CRYPT" => Ok(Scheme::Sha512Crypt),
+            "SHA256-CRYPT" => Ok(Scheme::Sha256Crypt),
+            "BLF-CRYPT" => Ok(Scheme::BlfCrypt),
+            "ARGON2ID" => Ok(Scheme::Argon2id),
+            "ARGON2I" => Ok(Scheme::Argon2i),
+            "PLAIN" | "CLEAR" => Ok(Scheme::Plain),
+            _ => Err(AuthError::UnknownScheme(name.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for Scheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A password as stored in the users file: its scheme and the hash (the plaintext for PLAIN).
+#[derive(Clone)]
+pub struct StoredPassword {
+    scheme: Scheme,
+    hash: String,
+}
+
+/// Debug shows only the scheme, so a logged entry never leaks the hash.
+impl fmt::Debug for StoredPassword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredPassword")
+            .field("scheme", &self.scheme)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The stored hash could not be parsed by its scheme's library.
+#[derive(Debug)]
+pub(super) struct Malformed;
+
+impl StoredPassword {
+    /// The scheme the hash is verified with.
+    pub fn scheme(&self) -> Scheme {
+        self.scheme
+    }
+
+    /// Reads a non-empty password field: `{SCHEME}hash`, or a bare crypt hash whose scheme
+    /// is detected from its prefix as Dovecot's CRYPT scheme does.
+    pub(super) fn parse(field: &str) -> Result<StoredPassword, LineProblem> {
+        let braced = field
+            .strip_prefix('{')
+            .and_then(|rest| rest.split_once('}'));
+        let Some((name, hash)) = braced else {
+            return Self::detect(field, None, None);
+        };
+        if hash.is_empty() {
+            return Err(LineProblem::EmptyHash(name.to_owned()));
+        }
+        if name.eq_ignore_ascii_case("CRYPT") {
+            return Self::detect(hash, Some(name), None);
+        }
+        match name.parse() {
+            Ok(Scheme::Plain) => Ok(StoredPassword {
+                scheme: Scheme::Plain,
+                hash: hash.to_owned(),
+            }),
+            Ok(declared) => Self::detect(hash, Some(name), Some(declared)),
+            Err(_) => Err(LineProblem::UnknownScheme(
+                looks_like_scheme_name(name).then(|| name.to_owned()),
+            )),
+        }
+    }
+
+    fn detect(
+        hash: &str,
+        written: Option<&str>,
+        declared: Option<Scheme>,
+    ) -> Result<StoredPassword, LineProblem> {
+        let found = Scheme::of_hash(hash)
+            .ok_or_else(|| LineProblem::UnrecognisedHash(written.map(str::to_owned)))?;
+        match declared {
+            Some(declared) if declared.is_argon2() != found.is_argon2() => {
+                Err(LineProblem::SchemeMismatch { declared, found })
+            }
+            _ => Ok(StoredPassword {
+                scheme: found,
+                hash: hash.to_owned(),
+            }),
+        }
+    }
+
+    /// The plaintext secret, for PLAIN passwords only.
+    pub(super) fn plaintext(&self) -> Option<&str> {
+        (self.scheme == Scheme::Plain).then_some(self.hash.as_str())
+    }
+
+    /// Whether `password` is this password, in time independent of where they differ.
+    pub(super) fn matches(&self, password: &[u8]) -> Result<bool, Malformed> {
+        match self.scheme {
+            // Comparing digests keeps the time independent of the stored length too.
+            Scheme::Plain => Ok(Sha256::digest(self.hash.as_bytes())
+                .ct_eq(&Sha256::digest(password))
+                .into()),
+            Scheme::Sha512Crypt | Scheme::Sha256Crypt => {
+                outcome(ShaCrypt::default().verify_password(password, self.hash.as_str()))
+            }
+            Scheme::BlfCrypt => bcrypt::verify(password, &self.hash).map_err(|_| Malformed),
+            Scheme::Argon2id | Scheme::Argon2i => {
+                outcome(Argon2::default().verify_password(password, self.hash.as_str()))
+            }
+        }
+    }
+}
+
+fn outcome(result: password_hash::Result<()>) -> Result<bool, Malformed> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(password_hash::Error::PasswordInvalid) => Ok(false),
+        Err(_) => Err(Malformed),
+    }
+}
+
+fn looks_like_scheme_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_SHOWN_SCHEME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Burns the time of one default-scheme verification, for logins that cannot succeed.
+pub(super) fn spend_dummy_verification(password: &[u8]) {
+    static DUMMY: OnceLock<Option<StoredPassword>> = OnceLock::new();
+    let dummy = DUMMY.get_or_init(|| {
+        hash_bare(Scheme::default(), b"no user has this password")
+            .ok()
+            .map(|hash| StoredPassword {
+                scheme: Scheme::default(),
+                hash,
+            })
+    });
+    if let Some(dummy) = dummy {
+        // black_box keeps the optimiser from dropping the unused result's computation.
+        black_box(dummy.matches(black_box(password)).is_ok());
+    }
+}
+
+/// APOP check against the plaintext secret, or a dummy one so unknown users cost the same.
+pub(super) fn apop_matches(secret: Option<&str>, banner: &str, digest_hex: &str) -> bool {
+    let mut md5 = Md5::new();
+    md5.update(banner.as_bytes());
+    md5.update(secret.unwrap_or_default().as_bytes());
+    let expected = lower_hex(&md5.finalize());
+    let given = digest_hex.to_ascii_lowercase();
+    let same: bool = expected.as_bytes().ct_eq(given.as_bytes()).into();
+    same && secret.is_some()
+}
+
+fn lower_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        hex.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        hex.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    hex
+}
+
+/// Hashes `password` into its users-file form, e.g. `{SHA512-CRYPT}$6$…`, with a random salt.
+/// Refuses what a users-file line cannot hold: line breaks and NUL for every scheme, and ':'
+/// or non-UTF-8 for PLAIN. An empty password is refused too, as it is never intended.
+pub fn hash_password(scheme: Scheme, password: &[u8]) -> Result<String, AuthError> {
+    if password.is_empty() {
+        return Err(AuthError::UnsuitablePassword("the password is empty"));
+    }
+    if password.iter().any(|b| matches!(b, b'\n' | b'\r' | b'\0')) {
+        return Err(AuthError::UnsuitablePassword(
+            "the password contains a line break or NUL",
+        ));
+    }
+    Ok(format!("{{{scheme}}}{}", hash_bare(scheme, password)?))
+}
+
+/// The hash without the `{SCHEME}` prefix.
+fn hash_bare(scheme: Scheme, password: &[u8]) -> Result<String, AuthError> {
+    match scheme {
+        Scheme::Plain => {
+            let text = std::str::from_utf8(password)
+                .map_err(|_| AuthError::UnsuitablePassword("a PLAIN password must be UTF-8"))?;
+            if text.contains(':') {
+                return Err(AuthError::UnsuitablePassword(
+                    "a PLAIN password cannot contain ':'",
+                ));
+            }
+            Ok(text.to_owned())
+        }
+        Scheme::Sha512Crypt | Scheme::Sha256Crypt => {
+            let hasher = if scheme == Scheme::Sha512Crypt {
+                ShaCrypt::SHA512
+            } else {
+                ShaCrypt::SHA256
+            };
+            let salt = random_salt::<SHA_CRYPT_SALT_LEN>()?;
+            let hash = hasher
+                .hash_password_with_salt(password, &salt)
+                .map_err(hashing_error)?;
+            Ok(hash.to_string())
+        }
+        Scheme::BlfCrypt => {
+            let salt = random_salt::<SALT_LEN>()?;
+            let hash =
+                bcrypt::hash_with_salt(password, BCRYPT_COST, salt).map_err(hashing_error)?;
+            // $2y$ is what Dovecot (crypt_blowfish) writes; it equals $2b$ for these inputs.
+            Ok(hash.format_for_version(bcrypt::Version::TwoY))
+        }
+        Scheme::Argon2id | Scheme::Argon2i => {
+            let (algorithm, (m_cost, t_cost, p_cost)) = if scheme == Scheme::Argon2id {
+                (argon2::Algorithm::Argon2id, ARGON2ID_PARAMS)
+            } else {
+                (argon2::Algorithm::Argon2i, ARGON2I_PARAMS)
+            };
+            let params =
+                argon2::Params::new(m_cost, t_cost, p_cost, None).map_err(hashing_error)?;
+            let salt = random_salt::<SALT_LEN>()?;
+            let hash = Argon2::new(algorithm, argon2::Version::V0x13, params)
+                .hash_password_with_salt(password, &salt)
+                .map_err(hashing_error)?;
+            Ok(hash.to_string())
+        }
+    }
+}
+
+fn random_salt<const N: usize>() -> Result<[u8; N], AuthError> {
+    let mut salt = [0; N];
+    getrandom::fill(&mut salt).map_err(hashing_error)?;
+    Ok(salt)
+}
+
+fn hashing_error(err: impl fmt::Display) -> AuthError {
+    AuthError::Hashing(err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The password of every Dovecot vector below.
+    const DOVECOT_PASSWORD: &[u8] = b"correct horse";
+
+    /// Generated with Dovecot 2.3.19.1: `doveadm pw -s SCHEME -p 'correct horse'`.
+    const DOVECOT_SHA512_CRYPT: &str = "{SHA512-CRYPT}$6$Sw/6AnSzgmteSTun$dQXN5.bSMQhlAAUXCvxi3VgwqxcCXFxaxMAjvGlwCFNyW15fXeDxBMV5SGJPBxtg9jkHn4fZVnG1KAWLoybRC1";
+    const DOVECOT_SHA256_CRYPT: &str =
+        "{SHA256-CRYPT}$5$y/r94uo8vWGdUlsX$fc4dWJxZ9azC0UObRpIzQx0DB/72b/OxDaCdrO7t8f0";
+    const DOVECOT_BLF_CRYPT: &str =
+        "{BLF-CRYPT}$2y$05$X0bpFlh5H.f7CqQYrdUn3u8cZzX9K8K21YDYFzK4W1T3eWWr8nGGm";
+    const DOVECOT_CRYPT: &str =
+        "{CRYPT}$2y$05$33VnyG5/oATBKU6072jSQejSN199YNPowtjsSEm/kmEwXfQNM/eQe";
+    const DOVECOT_ARGON2ID: &str = "{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$J/LTrTO4oBd4Jr7WnBuLgg$DhpkPF00LReiHYdxAJKorKzR1n9w6noQ1lTMudX2eLg";
+    const DOVECOT_ARGON2I: &str = "{ARGON2I}$argon2i$v=19$m=32768,t=4,p=1$WHNwgkCu527sCgDpR1Vkgg$7evukVS0yaKCIiu8DpBM4QfGDNvv9ceSAXaSoio2Lic";
+    const DOVECOT_PLAIN: &str = "{PLAIN}correct horse";
+    const DOVECOT_CLEAR: &str = "{CLEAR}correct horse";
+
+    fn stored(field: &str) -> StoredPassword {
+        StoredPassword::parse(field).expect("valid password field")
+    }
+
+    fn verifies(field: &str, password: &[u8]) -> bool {
+        stored(field).matches(password).expect("well-formed hash")
+    }
+
+    #[test]
+    fn dovecot_vectors_verify() {
+        for (field, scheme) in [
+            (DOVECOT_SHA512_CRYPT, Scheme::Sha512Crypt),
+            (DOVECOT_SHA256_CRYPT, Scheme::Sha256Crypt),
+            (DOVECOT_BLF_CRYPT, Scheme::BlfCrypt),
+            (DOVECOT_CRYPT, Scheme::BlfCrypt),
+            (DOVECOT_PLAIN, Scheme::Plain),
+            (DOVECOT_CLEAR, Scheme::Plain),
+        ] {
+            assert_eq!(stored(field).scheme(), scheme, "{field}");
+            assert!(verifies(field, DOVECOT_PASSWORD), "{field}");
+            assert!(!verifies(field, b"correct horsf"), "{field}");
+            assert!(!verifies(field, b""), "{field}");
+        }
+        assert!(!verifies(DOVECOT_PLAIN, b"correct horse "));
+    }
+
+    #[test]
+    fn dovecot_argon2_vectors_verify() {
+        // Each Argon2 check costs tens of MiB and much time in debug builds: one of each.
+        assert_eq!(stored(DOVECOT_ARGON2ID).scheme(), Scheme::Argon2id);
+        assert!(verifies(DOVECOT_ARGON2ID, DOVECOT_PASSWORD));
+        assert_eq!(stored(DOVECOT_ARGON2I).scheme(), Scheme::Argon2i);
+        assert!(!verifies(DOVECOT_ARGON2I, b"wrong"));
+    }
+
+    #[test]
+    fn bare_and_crypt_hashes_are_detected_by_prefix() {
+        let bare_sha512 = DOVECOT_SHA512_CRYPT.trim_start_matches("{SHA512-CRYPT}");
+        assert_eq!(stored(bare_sha512).scheme(), Scheme::Sha512Crypt);
+        assert!(verifies(bare_sha512, DOVECOT_PASSWORD));
+        let crypt_sha256 = DOVECOT_SHA256_CRYPT.replace("{SHA256-CRYPT}", "{crypt}");
+        assert!(verifies(&crypt_sha256, DOVECOT_PASSWORD));
+        // Dovecot checks every crypt(3) scheme with crypt(3), whatever the braces say.
+        let declared_other = DOVECOT_SHA256_CRYPT.replace("SHA256", "SHA512");
+        assert_eq!(stored(&declared_other).scheme(), Scheme::Sha256Crypt);
+        for prefix in ["$2a$", "$2b$"] {
+            let variant = DOVECOT_BLF_CRYPT.replace("$2y$", prefix);
+            assert_eq!(stored(&variant).scheme(), Scheme::BlfCrypt);
+            assert!(verifies(&variant, DOVECOT_PASSWORD), "{prefix}");
+        }
+        assert_eq!(stored("$argon2id$v=19$x").scheme(), Scheme::Argon2id);
+        assert_eq!(
+            stored("{argon2id}$argon2i$v=19$x").scheme(),
+            Scheme::Argon2i
+        );
+    }
+
+    #[test]
+    fn malformed_hashes_fail_without_panicking() {
+        for field in [
+            "$6$",
+            "$6$salt",
+            "$6$rounds=abc$salt$hash",
+            "$6$sa!t$hash",
+            "$5$salt$hash$extra",
+            "$6$salt$hash\u{e9}",
+            "$2y$05$short",
+            "$2y$99$X0bpFlh5H.f7CqQYrdUn3u8cZzX9K8K21YDYFzK4W1T3eWWr8nGGm",
+            "$2y$05$X0bpFlh5H.f7CqQYrdUn3u8cZzX9K8K21YDYFzK4W1T3eWWr8nGG\u{e9}",
+            "$argon2id$",
+            "$argon2id$v=19$m=1,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2g",
+            "$argon2i$v=19$m=8,t=1,p=1$c2FsdA$aGFzaGhhc2g",
+        ] {
+            match stored(field).matches(DOVECOT_PASSWORD) {
+                Err(Malformed) | Ok(false) => {}
+                Ok(true) => panic!("{field:?} verified"),
+            }
+        }
+        assert!(stored("$6$salt").matches(b"x").is_err());
+    }
+
+    #[test]
+    fn scheme_names_round_trip() {
+        for scheme in [
+            Scheme::Sha512Crypt,
+            Scheme::Sha256Crypt,
+            Scheme::BlfCrypt,
+            Scheme::Argon2id,
+            Scheme::Argon2i,
+            Scheme::Plain,
+        ] {
+            assert_eq!(scheme.to_string().parse::<Scheme>().ok(), Some(scheme));
+            assert_eq!(
+                scheme.name().to_lowercase().parse::<Scheme>().ok(),
+                Some(scheme)
+            );
+        }
+        assert_eq!("clear".parse::<Scheme>().ok(), Some(Scheme::Plain));
+        assert_eq!("argon2id".parse::<Scheme>().ok(), Some(Scheme::Argon2id));
+        assert!("CRYPT".parse::<Scheme>().is_err());
+        assert!("MD5-CRYPT".parse::<Scheme>().is_err());
+        assert_eq!(Scheme::default(), Scheme::Sha512Crypt);
+    }
+
+    #[test]
+    fn hashes_round_trip_through_the_users_file_form() {
+        let password = "pässwörd with spaces".as_bytes();
+        for scheme in [
+            Scheme::Sha512Crypt,
+            Scheme::Sha256Crypt,
+            Scheme::BlfCrypt,
+            Scheme::Plain,
+        ] {
+            let field = hash_password(scheme, password).expect("hashes");
+            assert!(field.starts_with(&format!("{{{scheme}}}")), "{field}");
+            assert_eq!(stored(&field).scheme(), scheme);
+            assert!(verifies(&field, password), "{field}");
+            assert!(!verifies(&field, b"password"), "{field}");
+        }
+        let sha512 = hash_password(Scheme::Sha512Crypt, password).expect("hashes");
+        assert!(
+            sha512.starts_with("{SHA512-CRYPT}$6$rounds=5000$"),
+            "{sha512}"
+        );
+        assert_ne!(
+            sha512,
+            hash_password(Scheme::Sha512Crypt, password).expect("hashes")
+        );
+        let bcrypt = hash_password(Scheme::BlfCrypt, password).expect("hashes");
+        assert!(bcrypt.starts_with("{BLF-CRYPT}$2y$10$"), "{bcrypt}");
+        assert_eq!(
+            hash_password(Scheme::Plain, password).expect("hashes"),
+            "{PLAIN}pässwörd with spaces"
+        );
+    }
+
+    #[test]
+    fn argon2_hashes_use_dovecot_parameters() {
+        // Hashing costs as much as verifying, so only the format is checked here; the
+        // Dovecot vectors above prove verification and doveadm accepted these by hand.
+        let field = hash_password(Scheme::Argon2id, b"pw").expect("hashes");
+        assert!(
+            field.starts_with("{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$"),
+            "{field}"
+        );
+        assert_eq!(stored(&field).scheme(), Scheme::Argon2id);
+    }
+
+    #[test]
+    fn unsuitable_passwords_are_refused() {
+        for scheme in [
+            Scheme::Sha512Crypt,
+            Scheme::BlfCrypt,
+            Scheme::Argon2i,
+            Scheme::Plain,
+        ] {
+            for password in [&b""[..], b"a\nb", b"a\rb", b"a\0b"] {
+                assert!(
+                    matches!(
+                        hash_password(scheme, password),
+                        Err(AuthError::UnsuitablePassword(_))
+                    ),
+                    "{scheme} {password:?}"
+                );
+            }
+        }
+        assert!(hash_password(Scheme::Plain, b"a:b").is_err());
+        assert!(hash_password(Scheme::Plain, b"\xff").is_err());
+        let colon = hash_password(Scheme::Sha256Crypt, b"a:b").expect("hashed colon is fine");
+        assert!(verifies(&colon, b"a:b"));
+    }
+
+    #[test]
+    fn dummy_verification_runs() {
+        spend_dummy_verification(b"x");
+        spend_dummy_verification(b"");
+    }
+
+    #[test]
+    fn apop_digest_is_lowercase_hex() {
+        assert_eq!(lower_hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+    }
+}

@@ -1,0 +1,185 @@
+//! The server's settings: command-line flags over an optional TOML file over defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::session::Mode;
+use crate::store::template;
+
+/// Everything `pop3d serve` needs, after merging and checking.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Plain POP3 listeners.
+    pub listen: Vec<SocketAddr>,
+    pub users_file: PathBuf,
+    /// The Maildir template (`%u`, `%n`, `%d`, `%h`, `~/`); None means `<home>/Maildir`.
+    pub maildir: Option<String>,
+    /// The mode of a user's primary login when the users file does not say.
+    pub mode: Mode,
+    /// Allow USER/PASS and APOP on unencrypted connections from other hosts.
+    pub allow_plaintext_auth: bool,
+    /// Offer APOP (MD5, for users with {PLAIN} passwords only).
+    pub enable_apop: bool,
+    /// Idle time allowed before login.
+    pub login_timeout: Duration,
+    /// Idle time allowed after login (RFC 1939 §3: at least 10 minutes).
+    pub idle_timeout: Duration,
+    /// Pause before answering a failed login, to slow down password guessing.
+    pub auth_failure_delay: Duration,
+    pub max_connections: usize,
+    /// Host name for the APOP banner.
+    pub hostname: String,
+}
+
+/// The TOML file: the same keys as the flags, with `_` for `-`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<Vec<SocketAddr>>,
+    pub users: Option<PathBuf>,
+    pub maildir: Option<String>,
+    pub mode: Option<Mode>,
+    pub allow_plaintext_auth: Option<bool>,
+    pub enable_apop: Option<bool>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub login_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub auth_failure_delay: Option<Duration>,
+    pub max_connections: Option<usize>,
+    pub hostname: Option<String>,
+}
+
+/// Durations in the TOML file are written as for the flags: "60s", "10m", "1500ms".
+mod humantime_serde_opt {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = Option::<String>::deserialize(d)?;
+        text.map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// The least RFC 1939 §3 allows for the autologout timer after login.
+const MIN_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))
+    }
+
+    /// Fills what the flags left unset from this file, then defaults, and checks the result.
+    pub fn merge(self, flags: FileConfig) -> Result<Config, String> {
+        let listen = flags.listen.filter(|l| !l.is_empty()).or(self.listen);
+        let config = Config {
+            listen: listen.unwrap_or_else(|| vec![SocketAddr::from(([0, 0, 0, 0], 110))]),
+            users_file: flags
+                .users
+                .or(self.users)
+                .ok_or("no users file: pass --users FILE or set users in the config")?,
+            maildir: flags.maildir.or(self.maildir),
+            mode: flags.mode.or(self.mode).unwrap_or_default(),
+            allow_plaintext_auth: flags
+                .allow_plaintext_auth
+                .or(self.allow_plaintext_auth)
+                .unwrap_or(false),
+            enable_apop: flags.enable_apop.or(self.enable_apop).unwrap_or(false),
+            login_timeout: flags
+                .login_timeout
+                .or(self.login_timeout)
+                .unwrap_or(Duration::from_secs(60)),
+            idle_timeout: flags
+                .idle_timeout
+                .or(self.idle_timeout)
+                .unwrap_or(MIN_IDLE_TIMEOUT),
+            auth_failure_delay: flags
+                .auth_failure_delay
+                .or(self.auth_failure_delay)
+                .unwrap_or(Duration::from_secs(2)),
+            max_connections: flags
+                .max_connections
+                .or(self.max_connections)
+                .unwrap_or(1000),
+            hostname: flags
+                .hostname
+                .or(self.hostname)
+                .unwrap_or_else(system_hostname),
+        };
+        if let Some(t) = &config.maildir {
+            template::check_template(t)?;
+        }
+        if config.listen.is_empty() {
+            return Err("nothing to listen on".into());
+        }
+        if config.max_connections == 0 {
+            return Err("max_connections must be at least 1".into());
+        }
+        if config.idle_timeout < MIN_IDLE_TIMEOUT {
+            log::warn!(
+                "idle timeout {} is below the 10 minutes RFC 1939 asks for",
+                humantime::format_duration(config.idle_timeout)
+            );
+        }
+        Ok(config)
+    }
+}
+
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_defaults_fill_the_rest() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            listen = ["127.0.0.1:1110"]
+            users = "/etc/pop3d/users"
+            maildir = "/var/mail/%d/%n"
+            mode = "keep"
+            idle_timeout = "15m"
+            "#,
+        )
+        .unwrap();
+        let flags = FileConfig {
+            mode: Some(Mode::Delete),
+            ..FileConfig::default()
+        };
+        let config = file.merge(flags).unwrap();
+        assert_eq!(config.listen, vec!["127.0.0.1:1110".parse().unwrap()]);
+        assert_eq!(config.mode, Mode::Delete);
+        assert_eq!(config.idle_timeout, Duration::from_secs(900));
+        assert_eq!(config.login_timeout, Duration::from_secs(60));
+        assert!(!config.allow_plaintext_auth);
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_a_reason() {
+        assert!(toml::from_str::<FileConfig>("lisen = []").is_err());
+        assert!(toml::from_str::<FileConfig>("mode = \"archive\"").is_err());
+        assert!(toml::from_str::<FileConfig>("idle_timeout = \"soon\"").is_err());
+        let no_users = FileConfig::default().merge(FileConfig::default());
+        assert!(no_users.unwrap_err().contains("no users file"));
+        let file = FileConfig {
+            users: Some("/u".into()),
+            maildir: Some("/var/mail/shared".into()),
+            ..FileConfig::default()
+        };
+        assert!(file.merge(FileConfig::default()).is_err());
+    }
+}

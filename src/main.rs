@@ -1,0 +1,147 @@
+//! The `pop3d` command: serve, demo, hash-password.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use argh::FromArgs;
+use pop3d::auth::{Scheme, hash_password};
+use pop3d::config::FileConfig;
+use pop3d::session::Mode;
+
+#[derive(FromArgs)]
+/// A light, fast POP3 server over per-user Maildirs, with delete and keep modes.
+struct Cli {
+    #[argh(subcommand)]
+    command: Command,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum Command {
+    Serve(Serve),
+    Demo(Demo),
+    HashPassword(HashPassword),
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "serve")]
+/// Serve POP3 to the users of a users file.
+struct Serve {
+    /// TOML file with the same settings as these flags; flags win
+    #[argh(option)]
+    config: Option<PathBuf>,
+    /// address to serve plain POP3 on, e.g. 0.0.0.0:110 (repeatable; default 0.0.0.0:110)
+    #[argh(option)]
+    listen: Vec<SocketAddr>,
+    /// users file in Dovecot passwd-file format: user:{SCHEME}hash:uid:gid:gecos:home:shell:extra
+    #[argh(option)]
+    users: Option<PathBuf>,
+    /// the Maildir template: %u user, %n local part, %d domain, %h or ~/ home (default ~/Maildir)
+    #[argh(option)]
+    maildir: Option<String>,
+    /// what QUIT does with DELE'd messages by default: delete (default) or keep
+    #[argh(option)]
+    mode: Option<Mode>,
+    /// allow USER/PASS and APOP without TLS from other hosts (loopback is always allowed)
+    #[argh(switch)]
+    allow_plaintext_auth: bool,
+    /// offer APOP (MD5; only for users with {PLAIN} passwords)
+    #[argh(switch)]
+    enable_apop: bool,
+    /// idle time allowed before login (default 60s)
+    #[argh(option)]
+    login_timeout: Option<humantime::Duration>,
+    /// idle time allowed after login (default 10m, the RFC 1939 minimum)
+    #[argh(option)]
+    idle_timeout: Option<humantime::Duration>,
+    /// pause before answering a failed login (default 2s)
+    #[argh(option)]
+    auth_failure_delay: Option<humantime::Duration>,
+    /// most connections served at once (default 1000)
+    #[argh(option)]
+    max_connections: Option<usize>,
+    /// host name in the APOP banner (default: the system's)
+    #[argh(option)]
+    hostname: Option<String>,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "demo")]
+/// Serve a demo user and mailbox from a temporary folder on loopback.
+struct Demo {
+    /// address to listen on (default 127.0.0.1:1110)
+    #[argh(option, default = "SocketAddr::from(([127, 0, 0, 1], 1110))")]
+    listen: SocketAddr,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "hash-password")]
+/// Read a password from standard input and print its users-file form.
+struct HashPassword {
+    /// SHA512-CRYPT (default), SHA256-CRYPT, BLF-CRYPT, ARGON2ID, ARGON2I or PLAIN
+    #[argh(option, default = "Scheme::default()")]
+    scheme: Scheme,
+}
+
+fn main() -> ExitCode {
+    let cli: Cli = argh::from_env();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let result = match cli.command {
+        Command::Serve(serve) => run_serve(serve),
+        Command::Demo(demo) => pop3d::demo::run(demo.listen),
+        Command::HashPassword(args) => run_hash_password(args.scheme),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("pop3d: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_serve(args: Serve) -> Result<(), String> {
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let switch = |on: bool| on.then_some(true);
+    let flags = FileConfig {
+        listen: Some(args.listen),
+        users: args.users,
+        maildir: args.maildir,
+        mode: args.mode,
+        allow_plaintext_auth: switch(args.allow_plaintext_auth),
+        enable_apop: switch(args.enable_apop),
+        login_timeout: args.login_timeout.map(Into::into),
+        idle_timeout: args.idle_timeout.map(Into::into),
+        auth_failure_delay: args.auth_failure_delay.map(Into::into),
+        max_connections: args.max_connections,
+        hostname: args.hostname,
+    };
+    let config = file.merge(flags)?;
+    pop3d::server::run(config, |_| {})
+}
+
+fn run_hash_password(scheme: Scheme) -> Result<(), String> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("Password (shown as typed): ");
+        let _ = std::io::stderr().flush();
+    }
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the password: {e}"))?;
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        return Err("empty password".into());
+    }
+    let hashed = hash_password(scheme, password.as_bytes()).map_err(|e| e.to_string())?;
+    println!("{hashed}");
+    Ok(())
+}

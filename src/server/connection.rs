@@ -1,0 +1,324 @@
+//! One client connection: the I/O loop around the sans-IO session.
+//!
+//! Replies are gathered in one buffer and written when the client has no further command
+//! waiting (or the buffer is large), so pipelined commands cost one write, not one per line.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::{Shared, rt};
+use crate::auth;
+use crate::protocol::body::BodyEncoder;
+use crate::protocol::lines::{Line, LineReader};
+use crate::session::{Credential, Effect, LoginFailure, Message, Mode, Session, Settings};
+use crate::store::{Mailbox, MessageError, OpenError, template};
+
+/// Output is written once it grows past this, even mid-reply.
+const WRITE_CHUNK: usize = 64 * 1024;
+/// Reads from message files; large, so a big message costs few blocking-pool round trips.
+const FILE_CHUNK: usize = 128 * 1024;
+/// How long a client may take to accept what we write before we give up on it.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Why a session ended, for its log line.
+#[derive(Debug)]
+enum End {
+    /// QUIT, or the server closed after too many bad commands or failed logins.
+    Closed,
+    /// QUIT in TRANSACTION: the update ran.
+    Quit,
+    Disconnected,
+    Timeout,
+    Error(#[allow(dead_code)] String),
+}
+
+struct Connection<'a, S> {
+    stream: S,
+    peer: SocketAddr,
+    shared: &'a Shared,
+    out: Vec<u8>,
+    session: Session,
+    mailbox: Option<Mailbox>,
+    /// The login name and mode of the session, once logged in.
+    login: Option<(String, Mode)>,
+}
+
+pub async fn serve(stream: rt::TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
+    // Our own batching decides when bytes go out; Nagle would only add latency.
+    let _ = stream.set_nodelay(true);
+    let config = &shared.config;
+    let settings = Settings {
+        plaintext_auth: config.allow_plaintext_auth || peer.ip().is_loopback(),
+        apop_banner: config.enable_apop.then(|| apop_banner(&config.hostname)),
+        ..Settings::default()
+    };
+    let mut out = Vec::with_capacity(256);
+    let session = Session::new(settings, &mut out);
+    let mut conn = Connection {
+        stream,
+        peer,
+        shared,
+        out,
+        session,
+        mailbox: None,
+        login: None,
+    };
+    let end = conn.run().await;
+    conn.log_end(&end);
+}
+
+/// An RFC 1939 §7 timestamp: unique per connection, so an APOP digest cannot be replayed.
+fn apop_banner(hostname: &str) -> String {
+    let mut nonce = [0u8; 8];
+    let _ = getrandom::fill(&mut nonce);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!(
+        "<{}.{}.{now}@{hostname}>",
+        std::process::id(),
+        u64::from_le_bytes(nonce)
+    )
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
+    async fn run(&mut self) -> End {
+        let mut reader = LineReader::new();
+        loop {
+            while let Some(line) = reader.next_line() {
+                let effect = match line {
+                    Line::Command(line) => self.session.command(line, &mut self.out),
+                    Line::TooLong => self.session.line_too_long(&mut self.out),
+                };
+                match self.apply(effect).await {
+                    Ok(None) => {}
+                    Ok(Some(end)) => return self.flush().await.err().unwrap_or(end),
+                    Err(end) => return end,
+                }
+                if self.out.len() >= WRITE_CHUNK {
+                    if let Err(end) = self.flush().await {
+                        return end;
+                    }
+                }
+            }
+            if let Err(end) = self.flush().await {
+                return end;
+            }
+            let limit = if self.session.is_logged_in() {
+                self.shared.config.idle_timeout
+            } else {
+                self.shared.config.login_timeout
+            };
+            match rt::timeout(limit, self.stream.read(reader.unfilled())).await {
+                Ok(0) => return End::Disconnected,
+                Ok(n) => reader.filled(n),
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    // RFC 1939 §3: an autologout timer closes without entering UPDATE.
+                    self.out
+                        .extend_from_slice(b"-ERR Timeout, closing connection\r\n");
+                    let _ = self.flush().await;
+                    return End::Timeout;
+                }
+                Err(e) => return End::Error(e.to_string()),
+            }
+        }
+    }
+
+    /// Carries out what the session asked for. `Ok(Some(end))` ends the session after the
+    /// pending output is written; `Err` ends it at once.
+    async fn apply(&mut self, effect: Effect) -> Result<Option<End>, End> {
+        match effect {
+            Effect::None => {}
+            Effect::Close => return Ok(Some(End::Closed)),
+            Effect::Authenticate { user, credential } => {
+                match self.log_in(user, credential).await {
+                    Ok((mailbox, messages, mode, login)) => {
+                        self.mailbox = Some(mailbox);
+                        self.login = Some((login, mode));
+                        self.session.logged_in(messages, mode, &mut self.out);
+                    }
+                    Err(failure) => {
+                        if let Effect::Close = self.session.login_failed(failure, &mut self.out) {
+                            return Ok(Some(End::Closed));
+                        }
+                    }
+                }
+            }
+            Effect::Send { index, top_lines } => self.send(index, top_lines).await?,
+            Effect::Update { marked, mode: _ } => {
+                let Some(mut mailbox) = self.mailbox.take() else {
+                    return Err(End::Error("update without a mailbox".into()));
+                };
+                let result = rt::unblock(move || mailbox.update(&marked)).await;
+                self.session.update_finished(result, &mut self.out);
+                return Ok(Some(End::Quit));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Checks credentials (on the blocking pool, a bounded number at a time), then opens and
+    /// locks the maildrop.
+    async fn log_in(
+        &mut self,
+        login: String,
+        credential: Credential,
+    ) -> Result<(Mailbox, Vec<Message>, Mode, String), LoginFailure> {
+        let shared = self.shared;
+        let verified = {
+            let _permit = shared.hashing.acquire().await;
+            let users = shared.users.clone();
+            let login = login.clone();
+            rt::unblock(move || {
+                let resolved = users.resolve(&login);
+                let entry = resolved.as_ref().map(|r| r.entry);
+                let ok = match &credential {
+                    Credential::Password(password) => {
+                        auth::verify_password(entry, password.as_bytes())
+                    }
+                    Credential::Apop { banner, digest } => auth::verify_apop(entry, banner, digest),
+                };
+                resolved.filter(|_| ok).map(|r| (r.entry.clone(), r.device))
+            })
+            .await
+        };
+        let Some((entry, device)) = verified else {
+            log::warn!("login failed: user={login:?} addr={}", self.peer.ip());
+            rt::sleep(shared.config.auth_failure_delay).await;
+            return Err(LoginFailure::BadCredentials);
+        };
+        // Another device of the user always keeps; the primary login gets the user's mode.
+        let mode = match device {
+            Some(_) => Mode::Keep,
+            None => entry.mode.unwrap_or(shared.config.mode),
+        };
+        let dir = template::maildir_path(
+            shared.config.maildir.as_deref(),
+            &entry.name,
+            entry.home.as_deref(),
+        )
+        .map_err(|e| {
+            log::error!("user {:?}: {e}", entry.name);
+            LoginFailure::System("Mailbox is not available".into())
+        })?;
+        let opened = rt::unblock(move || Mailbox::open(&dir, mode, device.as_deref())).await;
+        match opened {
+            Ok((mailbox, messages)) => {
+                log::info!(
+                    "login: user={login:?} addr={} mode={mode} messages={}",
+                    self.peer.ip(),
+                    messages.len()
+                );
+                Ok((mailbox, messages, mode, login))
+            }
+            Err(OpenError::InUse) => {
+                log::info!(
+                    "login refused, mailbox in use: user={login:?} addr={}",
+                    self.peer.ip()
+                );
+                Err(LoginFailure::InUse)
+            }
+            Err(e) => {
+                log::error!("user {:?}: cannot open mailbox: {e}", entry.name);
+                Err(LoginFailure::System("Cannot open the mailbox".into()))
+            }
+        }
+    }
+
+    /// Streams a message for RETR or TOP, then (RETR only) marks it seen.
+    async fn send(&mut self, index: usize, top_lines: Option<u64>) -> Result<(), End> {
+        let Some(mut mailbox) = self.mailbox.take() else {
+            return Err(End::Error("send without a mailbox".into()));
+        };
+        let (mut mailbox, opened) = rt::unblock(move || {
+            let opened = mailbox.open_message(index);
+            (mailbox, opened)
+        })
+        .await;
+        let file = match opened {
+            Ok(file) => file,
+            Err(e) => {
+                if let MessageError::Io(e) = &e {
+                    log::error!("cannot open message in {}: {e}", mailbox.dir().display());
+                }
+                self.session
+                    .send_failed(index, matches!(e, MessageError::Vanished), &mut self.out);
+                self.mailbox = Some(mailbox);
+                return Ok(());
+            }
+        };
+        self.session.send_started(index, top_lines, &mut self.out);
+        let mut file = rt::File::from(file);
+        let mut encoder = BodyEncoder::new(top_lines);
+        let mut chunk = vec![0u8; FILE_CHUNK];
+        while !encoder.is_done() {
+            let n = match file.read(&mut chunk).await {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Part of the body is out: the reply can't be completed or retracted.
+                    log::error!("read error in {}: {e}", mailbox.dir().display());
+                    return Err(End::Error(format!("message read failed: {e}")));
+                }
+            };
+            encoder.push(&chunk[..n], &mut self.out);
+            if self.out.len() >= WRITE_CHUNK {
+                self.flush().await?;
+            }
+        }
+        encoder.finish(&mut self.out);
+        if top_lines.is_none() {
+            mailbox = rt::unblock(move || {
+                if let Err(MessageError::Io(e)) = mailbox.mark_seen(index) {
+                    log::debug!(
+                        "cannot mark a message seen in {}: {e}",
+                        mailbox.dir().display()
+                    );
+                }
+                mailbox
+            })
+            .await;
+        }
+        self.mailbox = Some(mailbox);
+        Ok(())
+    }
+
+    /// Writes pending output, then lets a large buffer go so idle sessions stay small.
+    async fn flush(&mut self) -> Result<(), End> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let written = rt::timeout(WRITE_TIMEOUT, self.stream.write_all(&self.out)).await;
+        self.out.clear();
+        if self.out.capacity() > 4 * WRITE_CHUNK {
+            self.out = Vec::with_capacity(256);
+        }
+        match written {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(End::Timeout),
+            Err(e) => Err(End::Error(e.to_string())),
+        }
+    }
+
+    /// One line per session, for the administrator (never a password).
+    fn log_end(&self, end: &End) {
+        let stats = self.session.stats();
+        let (user, mode) = match &self.login {
+            Some((user, mode)) => (user.as_str(), mode.to_string()),
+            None => ("-", "-".to_string()),
+        };
+        log::info!(
+            "session end: user={user:?} addr={} mode={mode} retrieved={} octets={} marked={} applied={} end={end:?}",
+            self.peer,
+            stats.retrieved,
+            stats.retrieved_octets,
+            stats.marked,
+            stats.done,
+        );
+    }
+}

@@ -1,0 +1,373 @@
+//! The mail store: a user's Maildir, its listing, sizes, UIDLs, lock and QUIT's update.
+//!
+//! All of it is blocking file I/O, run by the server on its blocking thread pool. It acts on
+//! the paths it listed and only looks a message up again when another client (an IMAP server
+//! changing flags, say) has renamed it.
+
+mod names;
+mod state;
+pub mod template;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use crate::protocol::body::WireSize;
+use crate::session::{Message, Mode, UpdateReport};
+
+/// Why a Maildir could not be opened for a session.
+#[derive(Debug)]
+pub enum OpenError {
+    /// Another session holds the lock in a conflicting mode.
+    InUse,
+    Io(String, io::Error),
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::InUse => f.write_str("mailbox is in use"),
+            OpenError::Io(what, e) => write!(f, "{what}: {e}"),
+        }
+    }
+}
+
+/// Why a message could not be opened.
+#[derive(Debug)]
+pub enum MessageError {
+    /// Removed by another client since the listing.
+    Vanished,
+    Io(io::Error),
+}
+
+/// Where a listed message lives now.
+#[derive(Debug)]
+struct Entry {
+    in_new: bool,
+    name: String,
+}
+
+/// A user's Maildir, opened and locked for one session.
+#[derive(Debug)]
+pub struct Mailbox {
+    dir: PathBuf,
+    mode: Mode,
+    device: Option<String>,
+    entries: Vec<Entry>,
+    /// The UIDL of each entry, kept to find a message again and for keep mode's hidden set.
+    uidls: Vec<String>,
+    /// Released when the session ends, or when the process dies: a crash never locks out.
+    _lock: File,
+}
+
+fn io_context(what: impl Into<String>) -> impl FnOnce(io::Error) -> OpenError {
+    let what = what.into();
+    move |e| OpenError::Io(what, e)
+}
+
+impl Mailbox {
+    /// Locks and lists a Maildir (creating it if missing) and returns the session's messages
+    /// in delivery order. In keep mode, the messages this login hid are left out.
+    pub fn open(
+        dir: &Path,
+        mode: Mode,
+        device: Option<&str>,
+    ) -> Result<(Mailbox, Vec<Message>), OpenError> {
+        for sub in ["cur", "new", "tmp"] {
+            fs::create_dir_all(dir.join(sub))
+                .map_err(io_context(format!("creating {}", dir.join(sub).display())))?;
+        }
+        let lock =
+            state::open_lock(dir, state::LOCK).map_err(io_context("opening the lock file"))?;
+        let locked = match mode {
+            Mode::Delete => lock.try_lock(),
+            Mode::Keep => lock.try_lock_shared(),
+        };
+        match locked {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(OpenError::InUse),
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(OpenError::Io("locking the mailbox".into(), e));
+            }
+        }
+
+        let hidden = match mode {
+            Mode::Keep => state::read_set(&state::hidden_file(dir, device))
+                .map_err(io_context("reading the hidden set"))?,
+            Mode::Delete => HashSet::new(),
+        };
+        let mut listed = scan(dir).map_err(io_context(format!("listing {}", dir.display())))?;
+        let present: HashSet<String> = listed.iter().map(|m| m.uidl.clone()).collect();
+        listed.retain(|m| !hidden.contains(&m.uidl));
+        listed.sort_by(|a, b| {
+            names::delivery_key(names::unique(&a.entry.name))
+                .cmp(&names::delivery_key(names::unique(&b.entry.name)))
+        });
+
+        let sizes = message_sizes(dir, &listed, &present)?;
+        let mut mailbox = Mailbox {
+            dir: dir.to_owned(),
+            mode,
+            device: device.map(str::to_owned),
+            entries: Vec::with_capacity(listed.len()),
+            uidls: Vec::with_capacity(listed.len()),
+            _lock: lock,
+        };
+        let mut messages = Vec::with_capacity(listed.len());
+        for (listed, size) in listed.into_iter().zip(sizes) {
+            messages.push(Message {
+                uid: listed.uidl.as_str().into(),
+                size,
+            });
+            mailbox.uidls.push(listed.uidl);
+            mailbox.entries.push(listed.entry);
+        }
+        Ok((mailbox, messages))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, index: usize) -> PathBuf {
+        let entry = &self.entries[index];
+        self.dir
+            .join(if entry.in_new { "new" } else { "cur" })
+            .join(&entry.name)
+    }
+
+    /// Finds a message again after another client renamed it; false if it is gone.
+    fn relocate(&mut self, index: usize) -> io::Result<bool> {
+        let uidl = &self.uidls[index];
+        for (sub, in_new) in [("cur", false), ("new", true)] {
+            for item in fs::read_dir(self.dir.join(sub))? {
+                let name = item?.file_name();
+                let Some(name) = name.to_str() else { continue };
+                if names::uidl(names::unique(name)) == uidl.as_str() {
+                    self.entries[index] = Entry {
+                        in_new,
+                        name: name.to_owned(),
+                    };
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Runs `op` on a message's path, looking the message up again once if it moved.
+    fn on_message<T>(
+        &mut self,
+        index: usize,
+        op: impl Fn(&Path) -> io::Result<T>,
+    ) -> Result<T, MessageError> {
+        match op(&self.path(index)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match self.relocate(index) {
+                Ok(true) => op(&self.path(index)).map_err(MessageError::Io),
+                Ok(false) => Err(MessageError::Vanished),
+                Err(e) => Err(MessageError::Io(e)),
+            },
+            other => other.map_err(MessageError::Io),
+        }
+    }
+
+    /// Opens a message for RETR or TOP.
+    pub fn open_message(&mut self, index: usize) -> Result<File, MessageError> {
+        self.on_message(index, |path| File::open(path))
+    }
+
+    /// Sets the Seen flag (moving the message from new/ to cur/), so an IMAP client of the
+    /// same Maildir shows it read. Renaming is atomic: the message is never missing.
+    pub fn mark_seen(&mut self, index: usize) -> Result<(), MessageError> {
+        // Twice at most: once more if another client renamed it (its flags may have changed).
+        for _ in 0..2 {
+            let entry = &self.entries[index];
+            let Some(seen) = names::seen_name(&entry.name, entry.in_new) else {
+                return Ok(());
+            };
+            match fs::rename(self.path(index), self.dir.join("cur").join(&seen)) {
+                Ok(()) => {
+                    self.entries[index] = Entry {
+                        in_new: false,
+                        name: seen,
+                    };
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => match self.relocate(index) {
+                    Ok(true) => continue,
+                    Ok(false) => return Err(MessageError::Vanished),
+                    Err(e) => return Err(MessageError::Io(e)),
+                },
+                Err(e) => return Err(MessageError::Io(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// QUIT's update (RFC 1939 §6) for the 0-based `marked` messages. Delete mode removes
+    /// them; keep mode marks them seen and adds them to this login's hidden set.
+    pub fn update(&mut self, marked: &[usize]) -> Result<UpdateReport, String> {
+        match self.mode {
+            Mode::Delete => Ok(self.delete(marked)),
+            Mode::Keep => self.hide(marked),
+        }
+    }
+
+    fn delete(&mut self, marked: &[usize]) -> UpdateReport {
+        let mut report = UpdateReport { done: 0, failed: 0 };
+        for &index in marked {
+            match self.on_message(index, |path| fs::remove_file(path)) {
+                Ok(()) | Err(MessageError::Vanished) => report.done += 1,
+                Err(MessageError::Io(e)) => {
+                    log::warn!("cannot delete {}: {e}", self.path(index).display());
+                    report.failed += 1;
+                }
+            }
+        }
+        report
+    }
+
+    fn hide(&mut self, marked: &[usize]) -> Result<UpdateReport, String> {
+        for &index in marked {
+            if let Err(MessageError::Io(e)) = self.mark_seen(index) {
+                log::debug!("cannot mark {} seen: {e}", self.path(index).display());
+            }
+        }
+        let path = state::hidden_file(&self.dir, self.device.as_deref());
+        let listed: HashSet<&str> = self.uidls.iter().map(String::as_str).collect();
+        let result = state::with_state_lock(&self.dir, || {
+            // Merge with what other sessions of this login recorded meanwhile.
+            let mut hidden = state::read_set(&path)?;
+            hidden.extend(marked.iter().map(|&i| self.uidls[i].clone()));
+            // Forget ids whose files are gone; names we listed are known to exist, others
+            // need a fresh look at the folder.
+            if hidden.iter().any(|id| !listed.contains(id.as_str())) {
+                let present: HashSet<String> =
+                    scan(&self.dir)?.into_iter().map(|m| m.uidl).collect();
+                hidden.retain(|id| present.contains(id));
+            }
+            state::write_atomic(&path, hidden.iter())
+        });
+        match result {
+            Ok(()) => Ok(UpdateReport {
+                done: marked.len(),
+                failed: 0,
+            }),
+            Err(e) => {
+                log::error!("cannot record hidden messages in {}: {e}", path.display());
+                Err("Cannot record the messages to hide".into())
+            }
+        }
+    }
+}
+
+/// A message found by a scan, before sizes.
+struct Listed {
+    entry: Entry,
+    uidl: String,
+}
+
+/// Lists new/ and cur/ (never tmp/, where deliveries are still being written).
+fn scan(dir: &Path) -> io::Result<Vec<Listed>> {
+    let mut listed = Vec::new();
+    for (sub, in_new) in [("new", true), ("cur", false)] {
+        for item in fs::read_dir(dir.join(sub))? {
+            let item = item?;
+            let Ok(name) = item.file_name().into_string() else {
+                log::warn!(
+                    "skipping a message whose name is not UTF-8 in {}",
+                    dir.display()
+                );
+                continue;
+            };
+            if name.starts_with('.') {
+                continue;
+            }
+            let uidl = names::uidl(names::unique(&name)).into_owned();
+            listed.push(Listed {
+                entry: Entry { in_new, name },
+                uidl,
+            });
+        }
+    }
+    Ok(listed)
+}
+
+/// The wire size of each listed message: from a `,W=` in its name, else from the size
+/// cache, else by reading it once (and then caching it).
+/// `present` is every message in the folder, so the cache keeps what other logins see.
+fn message_sizes(
+    dir: &Path,
+    listed: &[Listed],
+    present: &HashSet<String>,
+) -> Result<Vec<u64>, OpenError> {
+    let cache_path = state::sizes_file(dir);
+    let mut cache: Option<HashMap<String, u64>> = None;
+    let mut computed = false;
+    let mut sizes = Vec::with_capacity(listed.len());
+    for m in listed {
+        if let Some(size) = names::wire_size(names::unique(&m.entry.name)) {
+            sizes.push(size);
+            continue;
+        }
+        let cache = match &mut cache {
+            Some(c) => c,
+            None => cache.insert(state::read_sizes(&cache_path).unwrap_or_else(|e| {
+                log::warn!(
+                    "ignoring unreadable size cache {}: {e}",
+                    cache_path.display()
+                );
+                HashMap::new()
+            })),
+        };
+        if let Some(&size) = cache.get(&m.uidl) {
+            sizes.push(size);
+            continue;
+        }
+        let path = dir
+            .join(if m.entry.in_new { "new" } else { "cur" })
+            .join(&m.entry.name);
+        let size = match measure(&path) {
+            Ok(size) => size,
+            // Gone since the scan: RETR will say so; 0 keeps the numbering.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(OpenError::Io(format!("reading {}", path.display()), e)),
+        };
+        cache.insert(m.uidl.clone(), size);
+        computed = true;
+        sizes.push(size);
+    }
+    if let (true, Some(cache)) = (computed, cache) {
+        let written = state::with_state_lock(dir, || {
+            // Merge what other sessions cached meanwhile, and drop what is gone.
+            let mut merged = state::read_sizes(&cache_path).unwrap_or_default();
+            merged.extend(cache);
+            merged.retain(|id, _| present.contains(id));
+            state::write_atomic(
+                &cache_path,
+                merged.iter().map(|(id, size)| format!("{id} {size}")),
+            )
+        });
+        // A cache that cannot be written costs time at the next login, nothing else.
+        if let Err(e) = written {
+            log::warn!("cannot write size cache {}: {e}", cache_path.display());
+        }
+    }
+    Ok(sizes)
+}
+
+/// Reads a message once to count the octets RETR will send for it.
+fn measure(path: &Path) -> io::Result<u64> {
+    let mut file = File::open(path)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut size = WireSize::default();
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Ok(size.total()),
+            Ok(n) => size.push(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
