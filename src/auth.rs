@@ -266,8 +266,8 @@ fn parse_line(line: &str) -> Result<UserEntry, LineProblem> {
     let mut fields = line.splitn(8, ':');
     let name = fields.next().unwrap_or_default();
     let password = fields.next().ok_or(LineProblem::MissingPassword)?;
-    let mut next = || fields.next().unwrap_or_default();
-    let (uid, gid, _gecos, home, _shell, extra) = (next(), next(), next(), next(), next(), next());
+    let [uid, gid, _gecos, home, _shell, extra] =
+        std::array::from_fn(|_| fields.next().unwrap_or_default());
 
     if name.is_empty() {
         return Err(LineProblem::EmptyUser);
@@ -277,8 +277,8 @@ fn parse_line(line: &str) -> Result<UserEntry, LineProblem> {
     } else {
         Some(StoredPassword::parse(password)?)
     };
-    let uid = parse_id(uid).map_err(|()| LineProblem::InvalidUid(uid.to_owned()))?;
-    let gid = parse_id(gid).map_err(|()| LineProblem::InvalidGid(gid.to_owned()))?;
+    let uid = parse_id(uid, LineProblem::InvalidUid)?;
+    let gid = parse_id(gid, LineProblem::InvalidGid)?;
     let home = (!home.is_empty()).then(|| PathBuf::from(home));
 
     let mut mode = None;
@@ -306,12 +306,14 @@ fn parse_line(line: &str) -> Result<UserEntry, LineProblem> {
     })
 }
 
-fn parse_id(field: &str) -> Result<Option<u32>, ()> {
+fn parse_id(field: &str, invalid: fn(String) -> LineProblem) -> Result<Option<u32>, LineProblem> {
     if field.is_empty() {
-        Ok(None)
-    } else {
-        field.parse().map(Some).map_err(|_| ())
+        return Ok(None);
     }
+    field
+        .parse()
+        .map(Some)
+        .map_err(|_| invalid(field.to_owned()))
 }
 
 /// Checks a USER/PASS password. An unknown user (`None`) or one without a password costs the

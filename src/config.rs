@@ -169,6 +169,13 @@ mod tests {
     }
 
     #[test]
+    fn the_sample_config_is_valid() {
+        let file: FileConfig = toml::from_str(include_str!("../examples/pop3d.toml")).unwrap();
+        let config = file.merge(FileConfig::default()).unwrap();
+        assert_eq!(config.maildir.as_deref(), Some("/var/mail/%d/%n/Maildir"));
+    }
+
+    #[test]
     fn bad_files_are_refused_with_a_reason() {
         assert!(toml::from_str::<FileConfig>("lisen = []").is_err());
         assert!(toml::from_str::<FileConfig>("mode = \"archive\"").is_err());

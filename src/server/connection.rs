@@ -52,7 +52,7 @@ pub async fn serve(stream: rt::TcpStream, peer: SocketAddr, shared: &Arc<Shared>
     let _ = stream.set_nodelay(true);
     let config = &shared.config;
     let settings = Settings {
-        plaintext_auth: config.allow_plaintext_auth || peer.ip().is_loopback(),
+        plaintext_auth: config.allow_plaintext_auth || peer.ip().to_canonical().is_loopback(),
         apop_banner: config.enable_apop.then(|| apop_banner(&config.hostname)),
         ..Settings::default()
     };
@@ -99,10 +99,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
                     Ok(Some(end)) => return self.flush().await.err().unwrap_or(end),
                     Err(end) => return end,
                 }
-                if self.out.len() >= WRITE_CHUNK {
-                    if let Err(end) = self.flush().await {
-                        return end;
-                    }
+                if self.out.len() >= WRITE_CHUNK
+                    && let Err(end) = self.flush().await
+                {
+                    return end;
                 }
             }
             if let Err(end) = self.flush().await {

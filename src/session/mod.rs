@@ -633,3 +633,6 @@ fn message_command<'a>(
     }
     Ok(Effect::None)
 }
+
+#[cfg(test)]
+mod tests;

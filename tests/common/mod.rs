@@ -1,0 +1,334 @@
+//! Shared by the integration tests: the real `pop3d` binary on an ephemeral loopback port
+//! over a temporary folder, a raw POP3 client over TCP, and MDA-style delivery.
+#![allow(dead_code)] // each test crate uses a different part of this module
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_pop3d");
+
+/// A running `pop3d serve`, killed and cleaned up when dropped.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    pub root: tempfile::TempDir,
+    log: Arc<Mutex<String>>,
+    args: Vec<String>,
+}
+
+impl Server {
+    /// Starts the daemon with `users` as its users file and Maildirs under `root/mail/%u`.
+    pub fn start(users: &str, extra: &[&str]) -> Server {
+        let root = tempfile::tempdir().expect("temp dir");
+        let users_file = root.path().join("users");
+        std::fs::write(&users_file, users).unwrap();
+        let template = format!("{}/mail/%u/Maildir", root.path().display());
+        Self::start_in(
+            root,
+            &[
+                "--users",
+                users_file.to_str().unwrap(),
+                "--maildir",
+                &template,
+            ],
+            extra,
+        )
+    }
+
+    /// Starts the daemon with exactly these arguments after `serve --listen 127.0.0.1:0`.
+    pub fn start_in(root: tempfile::TempDir, base: &[&str], extra: &[&str]) -> Server {
+        let args: Vec<String> = [
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--auth-failure-delay",
+            "10ms",
+        ]
+        .iter()
+        .chain(base)
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect();
+        let (child, addr, log) = spawn(&args);
+        Server {
+            child,
+            addr,
+            root,
+            log,
+            args,
+        }
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would, and starts it again on the same folder.
+    pub fn crash_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, addr, log) = spawn(&self.args);
+        self.child = child;
+        self.addr = addr;
+        self.log = log;
+    }
+}
+
+/// Starts `pop3d ARGS` and waits for its "listening on" line.
+fn spawn(args: &[String]) -> (Child, SocketAddr, Arc<Mutex<String>>) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pop3d");
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
+                let _ = tx.send(addr);
+            }
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(addr) => addr.parse().expect("listen address"),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("pop3d did not start: {}", log.lock().unwrap());
+        }
+    };
+    (child, addr, log)
+}
+
+impl Server {
+    pub fn maildir(&self, user: &str) -> PathBuf {
+        self.root.path().join("mail").join(user).join("Maildir")
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// Logs in as `user` and returns the client after the +OK.
+    pub fn login(&self, user: &str, pass: &str) -> Client {
+        let mut c = self.connect();
+        c.ok(&format!("USER {user}"));
+        c.ok(&format!("PASS {pass}"));
+        c
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) for the log to contain `needle`.
+    pub fn wait_for_log(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw POP3 client that checks every status line it reads.
+pub struct Client {
+    pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        let mut c = Client { stream, reader };
+        let greeting = c.line();
+        assert!(greeting.starts_with("+OK"), "greeting: {greeting}");
+        c
+    }
+
+    pub fn send(&mut self, raw: &[u8]) {
+        self.stream.write_all(raw).unwrap();
+    }
+
+    /// Reads one line, without its CRLF; "" at end of stream.
+    pub fn line(&mut self) -> String {
+        let mut buf = Vec::new();
+        self.reader.read_until(b'\n', &mut buf).expect("read");
+        assert!(
+            buf.is_empty() || buf.ends_with(b"\r\n"),
+            "line not ended by CRLF: {buf:?}"
+        );
+        String::from_utf8_lossy(&buf)
+            .trim_end_matches("\r\n")
+            .to_owned()
+    }
+
+    /// Sends a command and returns its status line.
+    pub fn cmd(&mut self, command: &str) -> String {
+        self.send(format!("{command}\r\n").as_bytes());
+        self.line()
+    }
+
+    /// Sends a command and asserts +OK.
+    pub fn ok(&mut self, command: &str) -> String {
+        let reply = self.cmd(command);
+        assert!(reply.starts_with("+OK"), "{command}: {reply}");
+        reply
+    }
+
+    /// Sends a command and asserts -ERR.
+    pub fn err(&mut self, command: &str) -> String {
+        let reply = self.cmd(command);
+        assert!(reply.starts_with("-ERR"), "{command}: {reply}");
+        reply
+    }
+
+    /// Reads the lines of a multi-line reply up to the terminating ".", still byte-stuffed.
+    pub fn multiline(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            let line = self.line();
+            if line == "." {
+                return lines;
+            }
+            assert!(
+                !line.is_empty() || lines.len() < 10_000_000,
+                "stream ended in a multi-line reply"
+            );
+            lines.push(line);
+        }
+    }
+
+    /// RETR or TOP: the message as sent, de-stuffed, with CRLF line ends.
+    pub fn fetch(&mut self, command: &str) -> Vec<u8> {
+        self.ok(command);
+        let mut body = Vec::new();
+        loop {
+            let mut buf = Vec::new();
+            let n = self.reader.read_until(b'\n', &mut buf).expect("read");
+            assert!(n > 0, "stream ended inside {command}");
+            assert!(
+                buf.ends_with(b"\r\n"),
+                "{command}: line without CRLF: {buf:?}"
+            );
+            if buf == b".\r\n" {
+                return body;
+            }
+            let line = if buf.starts_with(b"..") {
+                &buf[1..]
+            } else {
+                &buf[..]
+            };
+            body.extend_from_slice(line);
+        }
+    }
+
+    /// Reads until the server closes; what it sent meanwhile.
+    pub fn read_to_end(&mut self) -> Vec<u8> {
+        let mut rest = Vec::new();
+        let _ = self.reader.read_to_end(&mut rest);
+        rest
+    }
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Delivers a message as an MDA does: written in tmp/, then renamed into new/. `time` is the
+/// delivery second at the start of the unique name, which orders the listing.
+pub fn deliver(maildir: &Path, time: u64, body: &[u8]) -> String {
+    for sub in ["tmp", "new", "cur"] {
+        std::fs::create_dir_all(maildir.join(sub)).unwrap();
+    }
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = format!("{time}.P{}Q{n}.testhost", std::process::id());
+    let tmp = maildir.join("tmp").join(&name);
+    std::fs::write(&tmp, body).unwrap();
+    std::fs::rename(&tmp, maildir.join("new").join(&name)).unwrap();
+    name
+}
+
+/// The same message with CRLF line ends (and a completed last line), as RETR sends it.
+pub fn crlf(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 64);
+    let mut prev = 0u8;
+    for &b in body {
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        prev = b;
+    }
+    if !out.is_empty() && !out.ends_with(b"\r\n") {
+        if out.ends_with(b"\r") {
+            out.push(b'\n');
+        } else {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out
+}
+
+/// Every message file in new/ and cur/, by unique name (without flags).
+pub fn messages_on_disk(maildir: &Path) -> Vec<String> {
+    let mut names = Vec::new();
+    for sub in ["new", "cur"] {
+        if let Ok(dir) = std::fs::read_dir(maildir.join(sub)) {
+            for entry in dir {
+                let name = entry.unwrap().file_name().into_string().unwrap();
+                names.push(name.split(':').next().unwrap().to_owned());
+            }
+        }
+    }
+    names.sort();
+    names
+}
+
+/// Reads a whole message file by unique name, wherever it is now.
+pub fn read_message(maildir: &Path, unique: &str) -> Option<Vec<u8>> {
+    for sub in ["new", "cur"] {
+        for entry in std::fs::read_dir(maildir.join(sub)).ok()? {
+            let entry = entry.ok()?;
+            let name = entry.file_name().into_string().ok()?;
+            if name.split(':').next() == Some(unique) {
+                let mut data = Vec::new();
+                std::fs::File::open(entry.path())
+                    .ok()?
+                    .read_to_end(&mut data)
+                    .ok()?;
+                return Some(data);
+            }
+        }
+    }
+    None
+}
