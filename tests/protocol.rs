@@ -66,7 +66,7 @@ fn rset_unmarks_and_a_dropped_connection_deletes_nothing() {
     c.ok("DELE 2");
     c.ok("DELE 3");
     drop(c); // no QUIT: RFC 1939 §6, no UPDATE
-    assert!(server.wait_for_log("end=Disconnected"));
+    assert!(server.wait_for_log("end=disconnected"));
     assert_eq!(messages_on_disk(&server.maildir("alice")).len(), 3);
     let mut c = server.login("alice", "secret");
     assert!(c.ok("STAT").starts_with("+OK 3 "));

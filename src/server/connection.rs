@@ -25,7 +25,6 @@ const FILE_CHUNK: usize = 128 * 1024;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Why a session ended, for its log line.
-#[derive(Debug)]
 enum End {
     /// QUIT, or the server closed after too many bad commands or failed logins.
     Closed,
@@ -33,7 +32,19 @@ enum End {
     Quit,
     Disconnected,
     Timeout,
-    Error(#[allow(dead_code)] String),
+    Error(String),
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Closed => f.write_str("closed"),
+            End::Quit => f.write_str("quit"),
+            End::Disconnected => f.write_str("disconnected"),
+            End::Timeout => f.write_str("timeout"),
+            End::Error(e) => write!(f, "error ({e})"),
+        }
+    }
 }
 
 struct Connection<'a, S> {
@@ -313,7 +324,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
             None => ("-", "-".to_string()),
         };
         log::info!(
-            "session end: user={user:?} addr={} mode={mode} retrieved={} octets={} marked={} applied={} end={end:?}",
+            "session end: user={user:?} addr={} mode={mode} retrieved={} octets={} marked={} applied={} end={end}",
             self.peer,
             stats.retrieved,
             stats.retrieved_octets,

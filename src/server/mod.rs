@@ -2,6 +2,7 @@
 
 mod connection;
 mod rt;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

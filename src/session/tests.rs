@@ -1,1 +1,1759 @@
-//! Unit tests of the session state machine (being written).
+//! Unit tests of the session state machine: every state, every command, exact bytes.
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// The maildrop most tests use: three messages, 600 octets.
+const SIZES: [u64; 3] = [100, 200, 300];
+
+const PLAINTEXT_REFUSED: &str = "-ERR [AUTH] Plaintext authentication is not allowed on an \
+                                 unencrypted connection; use STLS\r\n";
+const NOT_BEFORE_LOGIN: &str = "-ERR Not allowed before login: log in with USER and PASS\r\n";
+const NOT_NOW: &str = "-ERR Command not allowed now\r\n";
+const ALREADY_LOGGED_IN: &str = "-ERR Already logged in\r\n";
+
+fn text(out: &[u8]) -> String {
+    String::from_utf8(out.to_vec()).expect("replies are UTF-8")
+}
+
+/// Runs one command line; returns its effect and everything it wrote.
+fn run(session: &mut Session, line: impl AsRef<[u8]>) -> (Effect, String) {
+    let mut out = Vec::new();
+    let effect = session.command(line.as_ref(), &mut out);
+    (effect, text(&out))
+}
+
+/// Runs a command that must not ask for outside work nor close; returns what it wrote.
+fn reply(session: &mut Session, line: impl AsRef<[u8]>) -> String {
+    let line = line.as_ref();
+    let (effect, out) = run(session, line);
+    assert_eq!(effect, Effect::None, "{:?}", String::from_utf8_lossy(line));
+    out
+}
+
+/// Calls one of the I/O layer's report-back methods; returns its result and what it wrote.
+fn capture<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> (R, String) {
+    let mut out = Vec::new();
+    let result = f(&mut out);
+    (result, text(&out))
+}
+
+/// A new session and its greeting.
+fn start_with_greeting(settings: Settings) -> (Session, String) {
+    let mut out = Vec::new();
+    let session = Session::new(settings, &mut out);
+    (session, text(&out))
+}
+
+fn start(settings: Settings) -> Session {
+    start_with_greeting(settings).0
+}
+
+fn no_plaintext() -> Settings {
+    Settings {
+        plaintext_auth: false,
+        ..Settings::default()
+    }
+}
+
+fn with_apop() -> Settings {
+    Settings {
+        apop_banner: Some("<1896.697170952@dbc.mtview.ca.us>".into()),
+        ..Settings::default()
+    }
+}
+
+/// Messages of these sizes, with UIDs `uid-1`, `uid-2`, ...
+fn messages(sizes: &[u64]) -> Vec<Message> {
+    sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &size)| Message {
+            uid: format!("uid-{}", i + 1).into(),
+            size,
+        })
+        .collect()
+}
+
+fn password_login(user: &str, password: &str) -> Effect {
+    Effect::Authenticate {
+        user: user.into(),
+        credential: Credential::Password(password.into()),
+    }
+}
+
+/// A session that sent USER and PASS and waits for the I/O layer's verdict.
+fn authenticating(settings: Settings) -> Session {
+    let mut session = start(settings);
+    assert_eq!(reply(&mut session, "USER alice"), "+OK Send PASS\r\n");
+    assert_eq!(
+        run(&mut session, "PASS secret"),
+        (password_login("alice", "secret"), String::new())
+    );
+    session
+}
+
+fn logged_in_with(settings: Settings, sizes: &[u64], mode: Mode) -> Session {
+    let mut session = authenticating(settings);
+    let ((), out) = capture(|out| session.logged_in(messages(sizes), mode, out));
+    assert!(out.starts_with("+OK Logged in, "), "{out:?}");
+    session
+}
+
+/// A session in TRANSACTION state over messages of these sizes.
+fn logged_in_session(sizes: &[u64], mode: Mode) -> Session {
+    logged_in_with(Settings::default(), sizes, mode)
+}
+
+/// A session that got QUIT after DELE 1 and DELE 3, waiting for the update.
+fn updating(mode: Mode) -> Session {
+    let mut session = logged_in_session(&SIZES, mode);
+    reply(&mut session, "DELE 3");
+    reply(&mut session, "DELE 1");
+    assert_eq!(
+        run(&mut session, "QUIT"),
+        (
+            Effect::Update {
+                marked: vec![0, 2],
+                mode
+            },
+            String::new()
+        )
+    );
+    session
+}
+
+// ---------------------------------------------------------------------------------------------
+// Greeting
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn greeting_without_apop_banner() {
+    let (session, greeting) = start_with_greeting(Settings::default());
+    assert_eq!(greeting, "+OK POP3 server ready\r\n");
+    assert!(!session.is_logged_in());
+    assert_eq!(session.mode(), None);
+    assert_eq!(session.stats(), &Stats::default());
+}
+
+#[test]
+fn greeting_with_apop_banner_ends_with_the_timestamp() {
+    let (_, greeting) = start_with_greeting(with_apop());
+    assert_eq!(
+        greeting,
+        "+OK POP3 server ready <1896.697170952@dbc.mtview.ca.us>\r\n"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// CAPA
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn capa_before_login_lists_user_when_plaintext_is_allowed() {
+    let mut session = start(Settings::default());
+    assert_eq!(
+        reply(&mut session, "CAPA"),
+        "+OK Capability list follows\r\n\
+         TOP\r\n\
+         UIDL\r\n\
+         RESP-CODES\r\n\
+         PIPELINING\r\n\
+         AUTH-RESP-CODE\r\n\
+         USER\r\n\
+         EXPIRE NEVER\r\n\
+         IMPLEMENTATION pop3d\r\n\
+         .\r\n"
+    );
+    // CAPA does not disturb the login that follows.
+    assert_eq!(reply(&mut session, "capa"), reply(&mut session, "CAPA"));
+    reply(&mut session, "USER alice");
+    assert_eq!(
+        run(&mut session, "PASS secret").0,
+        password_login("alice", "secret")
+    );
+}
+
+#[test]
+fn capa_before_login_omits_user_when_plaintext_is_refused() {
+    let mut session = start(no_plaintext());
+    assert_eq!(
+        reply(&mut session, "CAPA"),
+        "+OK Capability list follows\r\n\
+         TOP\r\n\
+         UIDL\r\n\
+         RESP-CODES\r\n\
+         PIPELINING\r\n\
+         AUTH-RESP-CODE\r\n\
+         EXPIRE NEVER\r\n\
+         IMPLEMENTATION pop3d\r\n\
+         .\r\n"
+    );
+}
+
+#[test]
+fn capa_after_login_shows_the_mode_and_not_user() {
+    for mode in [Mode::Delete, Mode::Keep] {
+        let mut session = logged_in_session(&SIZES, mode);
+        assert_eq!(
+            reply(&mut session, "CAPA"),
+            format!(
+                "+OK Capability list follows\r\n\
+                 TOP\r\n\
+                 UIDL\r\n\
+                 RESP-CODES\r\n\
+                 PIPELINING\r\n\
+                 AUTH-RESP-CODE\r\n\
+                 EXPIRE NEVER\r\n\
+                 X-POP3D-MODE {mode}\r\n\
+                 IMPLEMENTATION pop3d\r\n\
+                 .\r\n"
+            )
+        );
+    }
+}
+
+#[test]
+fn capa_never_offers_stls_or_sasl_yet() {
+    let sessions = [
+        start(Settings::default()),
+        start(no_plaintext()),
+        start(with_apop()),
+        logged_in_session(&SIZES, Mode::Delete),
+        logged_in_session(&[], Mode::Keep),
+    ];
+    for mut session in sessions {
+        let capa = reply(&mut session, "CAPA");
+        assert!(capa.ends_with("\r\n.\r\n"), "{capa:?}");
+        for line in capa.split("\r\n") {
+            assert!(!line.starts_with("STLS"), "{capa:?}");
+            assert!(!line.starts_with("SASL"), "{capa:?}");
+            assert!(!line.starts_with("LOGIN-DELAY"), "{capa:?}");
+        }
+    }
+}
+
+#[test]
+fn capa_takes_no_argument() {
+    let mut session = start(Settings::default());
+    assert_eq!(
+        reply(&mut session, "CAPA X"),
+        "-ERR Too many arguments for CAPA\r\n"
+    );
+    let mut session = logged_in_session(&SIZES, Mode::Delete);
+    assert_eq!(
+        reply(&mut session, "CAPA X"),
+        "-ERR Too many arguments for CAPA\r\n"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// AUTHORIZATION: USER, PASS, APOP, QUIT
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn user_then_pass_asks_to_authenticate_with_the_password() {
+    let mut session = start(Settings::default());
+    assert_eq!(reply(&mut session, "USER alice"), "+OK Send PASS\r\n");
+    assert_eq!(
+        run(&mut session, "PASS secret"),
+        (password_login("alice", "secret"), String::new())
+    );
+    assert!(!session.is_logged_in());
+    assert_eq!(session.mode(), None);
+}
+
+#[test]
+fn keywords_are_case_insensitive_and_pass_keeps_its_spaces() {
+    let mut session = start(Settings::default());
+    assert_eq!(reply(&mut session, "user bob"), "+OK Send PASS\r\n");
+    assert_eq!(
+        run(&mut session, "pAsS  two words "),
+        (password_login("bob", " two words "), String::new())
+    );
+}
+
+#[test]
+fn a_second_user_replaces_the_first() {
+    let mut session = start(Settings::default());
+    reply(&mut session, "USER alice");
+    assert_eq!(reply(&mut session, "USER bob"), "+OK Send PASS\r\n");
+    assert_eq!(run(&mut session, "PASS pw").0, password_login("bob", "pw"));
+}
+
+#[test]
+fn pass_without_user_is_refused() {
+    let mut session = start(Settings::default());
+    assert_eq!(
+        reply(&mut session, "PASS secret"),
+        "-ERR Send USER first\r\n"
+    );
+    // Still in AUTHORIZATION: a proper login works.
+    reply(&mut session, "USER alice");
+    assert_eq!(
+        run(&mut session, "PASS secret").0,
+        password_login("alice", "secret")
+    );
+}
+
+#[test]
+fn user_and_pass_need_an_argument() {
+    let mut session = start(Settings::default());
+    assert_eq!(
+        reply(&mut session, "USER"),
+        "-ERR Missing argument: user name\r\n"
+    );
+    assert_eq!(
+        reply(&mut session, "USER "),
+        "-ERR Missing argument: user name\r\n"
+    );
+    reply(&mut session, "USER alice");
+    assert_eq!(
+        reply(&mut session, "PASS"),
+        "-ERR Missing argument: password\r\n"
+    );
+    // The USER is still remembered after the malformed PASS.
+    assert_eq!(run(&mut session, "PASS x").0, password_login("alice", "x"));
+}
+
+#[test]
+fn plaintext_logins_are_refused_with_auth_code_when_not_allowed() {
+    let mut session = start(no_plaintext());
+    assert_eq!(reply(&mut session, "USER alice"), PLAINTEXT_REFUSED);
+    assert_eq!(reply(&mut session, "PASS secret"), PLAINTEXT_REFUSED);
+    assert_eq!(
+        reply(&mut session, "APOP alice 0123abcd"),
+        PLAINTEXT_REFUSED
+    );
+    // Even with an APOP banner, APOP is refused on such a connection.
+    let mut session = start(Settings {
+        plaintext_auth: false,
+        ..with_apop()
+    });
+    assert_eq!(
+        reply(&mut session, "APOP alice 0123abcd"),
+        PLAINTEXT_REFUSED
+    );
+    assert!(!session.is_logged_in());
+}
+
+#[test]
+fn apop_is_refused_when_not_enabled() {
+    let mut session = start(Settings::default());
+    assert_eq!(
+        reply(&mut session, "APOP alice c4c9334bac560ecc979e58001b3e22fb"),
+        "-ERR APOP is not enabled on this server\r\n"
+    );
+}
+
+#[test]
+fn apop_authenticates_with_the_greeting_banner_when_enabled() {
+    let mut session = start(with_apop());
+    assert_eq!(
+        run(&mut session, "APOP mrose c4c9334bac560ecc979e58001b3e22fb"),
+        (
+            Effect::Authenticate {
+                user: "mrose".into(),
+                credential: Credential::Apop {
+                    banner: "<1896.697170952@dbc.mtview.ca.us>".into(),
+                    digest: "c4c9334bac560ecc979e58001b3e22fb".into(),
+                },
+            },
+            String::new()
+        )
+    );
+}
+
+#[test]
+fn apop_needs_exactly_two_arguments() {
+    let mut session = start(with_apop());
+    assert_eq!(
+        reply(&mut session, "APOP"),
+        "-ERR Missing argument: user name\r\n"
+    );
+    assert_eq!(
+        reply(&mut session, "APOP mrose"),
+        "-ERR Missing argument: digest\r\n"
+    );
+    assert_eq!(
+        reply(&mut session, "APOP mrose abc def"),
+        "-ERR Too many arguments for APOP\r\n"
+    );
+}
+
+#[test]
+fn credentials_never_show_in_debug_output() {
+    let mut session = start(with_apop());
+    reply(&mut session, "USER alice");
+    let effect = run(&mut session, "PASS hunter2-secret").0;
+    let debug = format!("{effect:?}");
+    assert!(!debug.contains("hunter2"), "{debug}");
+    assert!(debug.contains("Password(..)"), "{debug}");
+
+    let mut session = start(with_apop());
+    let effect = run(&mut session, "APOP alice deadbeefdigest").0;
+    let debug = format!("{effect:?}");
+    assert!(!debug.contains("deadbeef"), "{debug}");
+    assert!(!debug.contains("1896.697170952"), "{debug}");
+    assert!(debug.contains("Apop(..)"), "{debug}");
+}
+
+#[test]
+fn quit_before_login_closes_without_update() {
+    let mut session = start(Settings::default());
+    reply(&mut session, "USER alice");
+    assert_eq!(
+        run(&mut session, "QUIT"),
+        (Effect::Close, "+OK Logging out\r\n".into())
+    );
+    assert!(!session.is_logged_in());
+    assert_eq!(session.stats(), &Stats::default());
+    // Closed: nothing more is accepted, not even the PASS for the earlier USER.
+    assert_eq!(reply(&mut session, "PASS secret"), NOT_NOW);
+    assert_eq!(reply(&mut session, "QUIT"), NOT_NOW);
+}
+
+#[test]
+fn quit_takes_no_argument() {
+    let mut session = start(Settings::default());
+    assert_eq!(
+        reply(&mut session, "QUIT now"),
+        "-ERR Too many arguments for QUIT\r\n"
+    );
+    let mut session = logged_in_session(&SIZES, Mode::Delete);
+    reply(&mut session, "DELE 1");
+    assert_eq!(
+        reply(&mut session, "QUIT now"),
+        "-ERR Too many arguments for QUIT\r\n"
+    );
+    assert!(session.is_logged_in());
+}
+
+#[test]
+fn transaction_commands_are_refused_before_login() {
+    let mut session = start(Settings::default());
+    for line in [
+        "STAT", "LIST", "LIST 1", "UIDL", "UIDL 1", "RETR 1", "DELE 1", "TOP 1 5", "NOOP", "RSET",
+    ] {
+        assert_eq!(reply(&mut session, line), NOT_BEFORE_LOGIN, "{line}");
+    }
+    // Also after USER, and USER is still remembered.
+    reply(&mut session, "USER alice");
+    assert_eq!(reply(&mut session, "STAT"), NOT_BEFORE_LOGIN);
+    assert_eq!(
+        run(&mut session, "PASS secret").0,
+        password_login("alice", "secret")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// login_failed
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn bad_credentials_get_auth_code_and_the_client_can_retry() {
+    let mut session = authenticating(Settings::default());
+    assert_eq!(
+        capture(|out| session.login_failed(LoginFailure::BadCredentials, out)),
+        (Effect::None, "-ERR [AUTH] Authentication failed\r\n".into())
+    );
+    assert!(!session.is_logged_in());
+    // The USER was forgotten: PASS alone is refused.
+    assert_eq!(
+        reply(&mut session, "PASS secret"),
+        "-ERR Send USER first\r\n"
+    );
+    // A fresh USER/PASS is accepted.
+    assert_eq!(reply(&mut session, "USER alice"), "+OK Send PASS\r\n");
+    assert_eq!(
+        run(&mut session, "PASS right"),
+        (password_login("alice", "right"), String::new())
+    );
+    let ((), out) = capture(|out| session.logged_in(messages(&SIZES), Mode::Delete, out));
+    assert_eq!(
+        out,
+        "+OK Logged in, 3 messages (600 octets), delete mode\r\n"
+    );
+    assert!(session.is_logged_in());
+}
+
+#[test]
+fn too_many_bad_credentials_close_the_connection() {
+    let mut session = authenticating(Settings::default()); // max_auth_failures: 3
+    for _ in 0..2 {
+        assert_eq!(
+            capture(|out| session.login_failed(LoginFailure::BadCredentials, out)),
+            (Effect::None, "-ERR [AUTH] Authentication failed\r\n".into())
+        );
+        reply(&mut session, "USER alice");
+        assert!(matches!(
+            run(&mut session, "PASS wrong").0,
+            Effect::Authenticate { .. }
+        ));
+    }
+    assert_eq!(
+        capture(|out| session.login_failed(LoginFailure::BadCredentials, out)),
+        (
+            Effect::Close,
+            "-ERR [AUTH] Authentication failed; too many failures, closing\r\n".into()
+        )
+    );
+    assert_eq!(reply(&mut session, "USER alice"), NOT_NOW);
+    assert_eq!(reply(&mut session, "CAPA"), NOT_NOW);
+}
+
+#[test]
+fn one_allowed_failure_closes_at_once() {
+    let mut session = authenticating(Settings {
+        max_auth_failures: 1,
+        ..Settings::default()
+    });
+    assert_eq!(
+        capture(|out| session.login_failed(LoginFailure::BadCredentials, out)).0,
+        Effect::Close
+    );
+}
+
+#[test]
+fn failed_apop_counts_like_a_failed_pass() {
+    let mut session = start(Settings {
+        max_auth_failures: 2,
+        ..with_apop()
+    });
+    for expected in [Effect::None, Effect::Close] {
+        assert!(matches!(
+            run(&mut session, "APOP alice 0000").0,
+            Effect::Authenticate { .. }
+        ));
+        assert_eq!(
+            capture(|out| session.login_failed(LoginFailure::BadCredentials, out)).0,
+            expected
+        );
+    }
+}
+
+#[test]
+fn mailbox_in_use_gets_in_use_code_and_does_not_count_as_a_failure() {
+    let mut session = start(Settings::default());
+    for _ in 0..5 {
+        reply(&mut session, "USER alice");
+        assert!(matches!(
+            run(&mut session, "PASS secret").0,
+            Effect::Authenticate { .. }
+        ));
+        assert_eq!(
+            capture(|out| session.login_failed(LoginFailure::InUse, out)),
+            (
+                Effect::None,
+                "-ERR [IN-USE] Mailbox is in use by another session; try again later\r\n".into()
+            )
+        );
+    }
+    assert!(!session.is_logged_in());
+    assert_eq!(reply(&mut session, "USER alice"), "+OK Send PASS\r\n");
+}
+
+#[test]
+fn system_failure_gets_sys_temp_code_and_does_not_count_as_a_failure() {
+    let mut session = start(Settings {
+        max_auth_failures: 1,
+        ..Settings::default()
+    });
+    for _ in 0..3 {
+        reply(&mut session, "USER alice");
+        run(&mut session, "PASS secret");
+        assert_eq!(
+            capture(|out| session
+                .login_failed(LoginFailure::System("Cannot open the mailbox".into()), out)),
+            (
+                Effect::None,
+                "-ERR [SYS/TEMP] Cannot open the mailbox\r\n".into()
+            )
+        );
+    }
+    // The first real bad password still closes (max_auth_failures is 1).
+    reply(&mut session, "USER alice");
+    run(&mut session, "PASS wrong");
+    assert_eq!(
+        capture(|out| session.login_failed(LoginFailure::BadCredentials, out)).0,
+        Effect::Close
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// logged_in
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn logged_in_reports_count_octets_and_mode() {
+    for (mode, expected) in [
+        (
+            Mode::Keep,
+            "+OK Logged in, 3 messages (600 octets), keep mode\r\n",
+        ),
+        (
+            Mode::Delete,
+            "+OK Logged in, 3 messages (600 octets), delete mode\r\n",
+        ),
+    ] {
+        let mut session = authenticating(Settings::default());
+        let ((), out) = capture(|out| session.logged_in(messages(&SIZES), mode, out));
+        assert_eq!(out, expected);
+        assert!(session.is_logged_in());
+        assert_eq!(session.mode(), Some(mode));
+    }
+}
+
+#[test]
+fn logged_in_to_an_empty_maildrop() {
+    let mut session = authenticating(Settings::default());
+    let ((), out) = capture(|out| session.logged_in(Vec::new(), Mode::Delete, out));
+    assert_eq!(out, "+OK Logged in, 0 messages (0 octets), delete mode\r\n");
+    assert_eq!(reply(&mut session, "STAT"), "+OK 0 0\r\n");
+    assert_eq!(
+        reply(&mut session, "LIST"),
+        "+OK 0 messages (0 octets)\r\n.\r\n"
+    );
+    assert_eq!(
+        reply(&mut session, "UIDL"),
+        "+OK Unique-ID listing follows\r\n.\r\n"
+    );
+    assert_eq!(
+        reply(&mut session, "LIST 1"),
+        "-ERR There is no message 1\r\n"
+    );
+    assert_eq!(
+        reply(&mut session, "RETR 1"),
+        "-ERR There is no message 1\r\n"
+    );
+    assert_eq!(
+        run(&mut session, "QUIT"),
+        (
+            Effect::Close,
+            "+OK Logging out, no messages marked\r\n".into()
+        )
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// TRANSACTION: STAT, LIST, UIDL, NOOP, RSET
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn stat_counts_messages_and_octets() {
+    let mut session = logged_in_session(&SIZES, Mode::Delete);
+    assert_eq!(reply(&mut session, "STAT"), "+OK 3 600\r\n");
+    assert_eq!(
+        reply(&mut session, "STAT 1"),
+        "-ERR Too many arguments for STAT\r\n"
+    );
+}
+
+#[test]
+fn list_all_is_a_multi_line_scan_listing() {
+    let mut session = logged_in_session(&SIZES, Mode::Delete);
+    assert_eq!(
+        reply(&mut session, "LIST"),
+        "+OK 3 messages (600 octets)\r\n1 100\r\n2 200\r\n3 300\r\n.\r\n"
+    );
+}
+
+#[test]
+fn list_one_is_a_single_scan_line() {
+    let mut session = logged_in_session(&SIZES, Mode::Delete);
+    assert_eq!(reply(&mut session, "LIST 2"), "+OK 2 200\r\n");
+    assert_eq!(reply(&mut session, "list 3"), "+OK 3 300\r\n");
+    assert_eq!(
+        reply(&mut session, "LIST 1 2"),
+        "-ERR Too many arguments for LIST\r\n"
+    );
+}
+
+#[test]
+fn uidl_all_and_uidl_one() {
+    let mut session = logged_in_session(&SIZES, Mode::Keep);
+    assert_eq!(
+        reply(&mut session, "UIDL"),
+        "+OK Unique-ID listing follows\r\n1 uid-1\r\n2 uid-2\r\n3 uid-3\r\n.\r\n"
+    );
+    assert_eq!(reply(&mut session, "UIDL 3"), "+OK 3 uid-3\r\n");
+    assert_eq!(
+        reply(&mut session, "UIDL 1 2"),
+        "-ERR Too many arguments for UIDL\r\n"
+    );
+}
+
+#[test]
+fn noop_says_ok() {
+    let mut session = logged_in_session(&SIZES, Mode::Delete);
+    // Empty text after the status (RFC 2449 allows `+OK SP` with empty text).
+    assert_eq!(reply(&mut session, "NOOP"), "+OK \r\n");
+    assert_eq!(
+        reply(&mut session, "NOOP 1"),
+        "-ERR Too many arguments for NOOP\r\n"
+    );
+}
+
+#[test]
+fn rset_with_nothing_marked_reports_the_maildrop() {
+    let mut session = logged_in_session(&SIZES, Mode::Delete);
+    assert_eq!(
+        reply(&mut session, "RSET"),
+        "+OK 3 messages (600 octets)\r\n"
+    );
+    assert_eq!(
+        reply(&mut session, "RSET 1"),
+        "-ERR Too many arguments for RSET\r\n"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// TRANSACTION: DELE and RSET
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn deleted_messages_disappear_from_stat_list_and_uidl() {
+    let mut session = logged_in_session(&SIZES, Mode::Delete);
+    assert_eq!(
+        reply(&mut session, "DELE 2"),
+        "+OK Message 2 marked as deleted\r\n"
+    );
+    assert_eq!(session.stats().marked, 1);
+    assert_eq!(reply(&mut session, "STAT"), "+OK 2 400\r\n");
+    assert_eq!(
+        reply(&mut session, "LIST"),
+        "+OK 2 messages (400 octets)\r\n1 100\r\n3 300\r\n.\r\n"
+    );
+    assert_eq!(
+        reply(&mut session, "UIDL"),
+        "+OK Unique-ID listing follows\r\n1 uid-1\r\n3 uid-3\r\n.\r\n"
+    );
+    // The other messages keep their numbers.
+    assert_eq!(reply(&mut session, "LIST 3"), "+OK 3 300\r\n");
+    assert_eq!(reply(&mut session, "UIDL 1"), "+OK 1 uid-1\r\n");
+    assert_eq!(
+        run(&mut session, "RETR 3").0,
+        Effect::Send {
+            index: 2,
+            top_lines: None
+        }
+    );
+}
+
+#[test]
+fn a_deleted_message_is_refused_by_every_message_command() {
+    let mut session = logged_in_session(&SIZES, Mode::Delete);
+    reply(&mut session, "DELE 2");
+    for line in ["LIST 2", "UIDL 2", "RETR 2", "TOP 2 0", "DELE 2"] {
+        assert_eq!(
+            reply(&mut session, line),
+            "-ERR Message 2 is marked as deleted\r\n",
+            "{line}"
+        );
+    }
+    // A second DELE did not count twice.
+    assert_eq!(session.stats().marked, 1);
+    assert_eq!(reply(&mut session, "STAT"), "+OK 2 400\r\n");
+}
+
+#[test]
+fn deleting_everything_leaves_an_empty_listing() {
+    let mut session = logged_in_session(&SIZES, Mode::Delete);
+    for n in 1..=3 {
+        reply(&mut session, format!("DELE {n}"));
+    }
+    assert_eq!(reply(&mut session, "STAT"), "+OK 0 0\r\n");
+    assert_eq!(
+        reply(&mut session, "LIST"),
+        "+OK 0 messages (0 octets)\r\n.\r\n"
+    );
+    assert_eq!(
+        reply(&mut session, "UIDL"),
+        "+OK Unique-ID listing follows\r\n.\r\n"
+    );
+    assert_eq!(session.stats().marked, 3);
+}
+
+#[test]
+fn rset_undeletes_everything() {
+    let mut session = logged_in_session(&SIZES, Mode::Delete);
+    reply(&mut session, "DELE 1");
+    reply(&mut session, "DELE 3");
+    assert_eq!(reply(&mut session, "STAT"), "+OK 1 200\r\n");
+    assert_eq!(
+        reply(&mut session, "RSET"),
+        "+OK 3 messages (600 octets)\r\n"
+    );
+    assert_eq!(session.stats().marked, 0);
+    assert_eq!(reply(&mut session, "STAT"), "+OK 3 600\r\n");
+    assert_eq!(reply(&mut session, "LIST 1"), "+OK 1 100\r\n");
+    assert_eq!(reply(&mut session, "UIDL 3"), "+OK 3 uid-3\r\n");
+    // Marking again after RSET works and counts again.
+    assert_eq!(
+        reply(&mut session, "DELE 3"),
+        "+OK Message 3 marked as deleted\r\n"
+    );
+    assert_eq!(session.stats().marked, 1);
+    assert_eq!(
+        run(&mut session, "QUIT").0,
+        Effect::Update {
+            marked: vec![2],
+            mode: Mode::Delete
+        }
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// TRANSACTION: message numbers
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn numbers_outside_the_maildrop_are_refused() {
+    let mut session = logged_in_session(&SIZES, Mode::Delete);
+    for n in ["0", "4", "00", "1000", "18446744073709551615"] {
+        let expected = format!("-ERR There is no message {}\r\n", n.parse::<u64>().unwrap());
+        for cmd in ["LIST", "UIDL", "RETR", "DELE"] {
+            assert_eq!(reply(&mut session, format!("{cmd} {n}")), expected);
+        }
+        assert_eq!(reply(&mut session, format!("TOP {n} 1")), expected);
+    }
+    // Nothing was marked on the way.
+    assert_eq!(reply(&mut session, "STAT"), "+OK 3 600\r\n");
+    assert_eq!(session.stats().marked, 0);
+}
+
+#[test]
+fn leading_zeros_name_the_same_message() {
+    let mut session = logged_in_session(&SIZES, Mode::Delete);
+    assert_eq!(reply(&mut session, "LIST 002"), "+OK 2 200\r\n");
+}
+
+#[test]
+fn malformed_numbers_are_refused() {
+    let settings = Settings {
+        max_bad_commands: 1000,
+        ..Settings::default()
+    };
+    let mut session = logged_in_with(settings, &SIZES, Mode::Delete);
+    for (arg, shown) in [
+        ("x", "x"),
+        ("-1", "-1"),
+        ("+1", "+1"),
+        ("1.0", "1.0"),
+        ("0x1", "0x1"),
+        ("١", "١"), // an Arabic-Indic digit is not an ASCII digit
+        ("18446744073709551616", "1844674407370955"),
+        ("99999999999999999999999999999", "9999999999999999"),
+    ] {
+        let expected = format!("-ERR Invalid number: {shown}\r\n");
+        for cmd in ["LIST", "UIDL", "RETR", "DELE"] {
+            assert_eq!(reply(&mut session, format!("{cmd} {arg}")), expected);
+        }
+        assert_eq!(reply(&mut session, format!("TOP {arg} 1")), expected);
+    }
+    assert_eq!(reply(&mut session, "STAT"), "+OK 3 600\r\n");
+}
+
+#[test]
+fn missing_and_extra_arguments_are_refused() {
+    let mut session = logged_in_session(&SIZES, Mode::Delete);
+    for cmd in ["RETR", "DELE", "TOP"] {
+        assert_eq!(
+            reply(&mut session, cmd),
+            "-ERR Missing argument: message number\r\n"
+        );
+    }
+    assert_eq!(
+        reply(&mut session, "TOP 1"),
+        "-ERR Missing argument: line count\r\n"
+    );
+    assert_eq!(reply(&mut session, "TOP 1 x"), "-ERR Invalid number: x\r\n");
+    assert_eq!(
+        reply(&mut session, "TOP 1 2 3"),
+        "-ERR Too many arguments for TOP\r\n"
+    );
+    assert_eq!(
+        reply(&mut session, "RETR 1 2"),
+        "-ERR Too many arguments for RETR\r\n"
+    );
+    assert_eq!(
+        reply(&mut session, "DELE 1 2"),
+        "-ERR Too many arguments for DELE\r\n"
+    );
+    assert_eq!(reply(&mut session, "STAT"), "+OK 3 600\r\n");
+}
+
+// ---------------------------------------------------------------------------------------------
+// TRANSACTION: RETR and TOP
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn retr_asks_to_send_then_send_started_writes_the_size() {
+    let mut session = logged_in_session(&SIZES, Mode::Delete);
+    assert_eq!(
+        run(&mut session, "RETR 2"),
+        (
+            Effect::Send {
+                index: 1,
+                top_lines: None
+            },
+            String::new()
+        )
+    );
+    let ((), out) = capture(|out| session.send_started(1, None, out));
+    assert_eq!(out, "+OK 200 octets\r\n");
+    assert_eq!(
+        session.stats(),
+        &Stats {
+            retrieved: 1,
+            retrieved_octets: 200,
+            marked: 0,
+            done: 0
+        }
+    );
+    // RETR marks nothing and the session goes on.
+    assert_eq!(reply(&mut session, "STAT"), "+OK 3 600\r\n");
+    assert_eq!(
+        run(&mut session, "retr 3").0,
+        Effect::Send {
+            index: 2,
+            top_lines: None
+        }
+    );
+    let ((), out) = capture(|out| session.send_started(2, None, out));
+    assert_eq!(out, "+OK 300 octets\r\n");
+    assert_eq!(session.stats().retrieved, 2);
+    assert_eq!(session.stats().retrieved_octets, 500);
+}
+
+#[test]
+fn top_asks_to_send_some_lines_and_does_not_count_as_retrieved() {
+    let mut session = logged_in_session(&SIZES, Mode::Delete);
+    assert_eq!(
+        run(&mut session, "TOP 1 10"),
+        (
+            Effect::Send {
+                index: 0,
+                top_lines: Some(10)
+            },
+            String::new()
+        )
+    );
+    let ((), out) = capture(|out| session.send_started(0, Some(10), out));
+    assert_eq!(out, "+OK Top of message follows\r\n");
+    assert_eq!(session.stats(), &Stats::default());
+
+    assert_eq!(
+        run(&mut session, "top 3 0").0,
+        Effect::Send {
+            index: 2,
+            top_lines: Some(0)
+        }
+    );
+    // A line count past u64 means the whole message.
+    assert_eq!(
+        run(&mut session, "TOP 2 99999999999999999999999").0,
+        Effect::Send {
+            index: 1,
+            top_lines: Some(u64::MAX)
+        }
+    );
+}
+
+#[test]
+fn send_failed_for_a_vanished_or_unreadable_message() {
+    let mut session = logged_in_session(&SIZES, Mode::Delete);
+    run(&mut session, "RETR 2");
+    let ((), out) = capture(|out| session.send_failed(1, true, out));
+    assert_eq!(out, "-ERR Message 2 was removed by another client\r\n");
+    run(&mut session, "TOP 3 5");
+    let ((), out) = capture(|out| session.send_failed(2, false, out));
+    assert_eq!(out, "-ERR [SYS/TEMP] Cannot read message 3\r\n");
+    // Nothing was counted and the session goes on.
+    assert_eq!(session.stats(), &Stats::default());
+    assert_eq!(reply(&mut session, "STAT"), "+OK 3 600\r\n");
+    assert_eq!(
+        reply(&mut session, "DELE 2"),
+        "+OK Message 2 marked as deleted\r\n"
+    );
+}
+
+#[test]
+fn login_commands_are_refused_after_login() {
+    let mut session = logged_in_with(with_apop(), &SIZES, Mode::Delete);
+    for line in ["USER alice", "PASS secret", "APOP alice 0123abcd"] {
+        assert_eq!(reply(&mut session, line), ALREADY_LOGGED_IN, "{line}");
+    }
+    assert!(session.is_logged_in());
+    assert_eq!(reply(&mut session, "STAT"), "+OK 3 600\r\n");
+}
+
+// ---------------------------------------------------------------------------------------------
+// QUIT and UPDATE
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn quit_with_nothing_marked_closes_without_update() {
+    let mut session = logged_in_session(&SIZES, Mode::Delete);
+    run(&mut session, "RETR 1");
+    capture(|out| session.send_started(0, None, out));
+    assert_eq!(
+        run(&mut session, "QUIT"),
+        (
+            Effect::Close,
+            "+OK Logging out, no messages marked\r\n".into()
+        )
+    );
+    assert!(!session.is_logged_in());
+    assert_eq!(session.stats().done, 0);
+    assert_eq!(reply(&mut session, "STAT"), NOT_NOW);
+}
+
+#[test]
+fn quit_after_rset_closes_without_update() {
+    let mut session = logged_in_session(&SIZES, Mode::Keep);
+    reply(&mut session, "DELE 1");
+    reply(&mut session, "RSET");
+    assert_eq!(
+        run(&mut session, "quit"),
+        (
+            Effect::Close,
+            "+OK Logging out, no messages marked\r\n".into()
+        )
+    );
+}
+
+#[test]
+fn quit_with_marked_messages_asks_for_the_update_in_index_order() {
+    for mode in [Mode::Delete, Mode::Keep] {
+        let session = updating(mode); // DELE 3, DELE 1, QUIT: marked [0, 2]
+        assert!(session.is_logged_in());
+        assert_eq!(session.stats().marked, 2);
+    }
+}
+
+#[test]
+fn update_finished_in_delete_mode() {
+    let mut session = updating(Mode::Delete);
+    let ((), out) =
+        capture(|out| session.update_finished(Ok(UpdateReport { done: 2, failed: 0 }), out));
+    assert_eq!(out, "+OK Logging out, 2 messages deleted\r\n");
+    assert!(!session.is_logged_in());
+    assert_eq!(
+        session.stats(),
+        &Stats {
+            retrieved: 0,
+            retrieved_octets: 0,
+            marked: 2,
+            done: 2
+        }
+    );
+}
+
+#[test]
+fn update_finished_in_keep_mode() {
+    let mut session = updating(Mode::Keep);
+    let ((), out) =
+        capture(|out| session.update_finished(Ok(UpdateReport { done: 2, failed: 0 }), out));
+    assert_eq!(
+        out,
+        "+OK Logging out, 2 messages kept on the server and hidden from this device\r\n"
+    );
+    assert_eq!(session.stats().done, 2);
+}
+
+#[test]
+fn update_finished_with_some_failures_is_an_error() {
+    let mut session = updating(Mode::Delete);
+    let ((), out) =
+        capture(|out| session.update_finished(Ok(UpdateReport { done: 1, failed: 1 }), out));
+    assert_eq!(
+        out,
+        "-ERR [SYS/TEMP] 1 of 2 marked messages could not be removed; they are still on the server\r\n"
+    );
+    assert_eq!(session.stats().done, 1);
+    assert!(!session.is_logged_in());
+}
+
+#[test]
+fn update_finished_with_an_error() {
+    let mut session = updating(Mode::Delete);
+    let ((), out) = capture(|out| session.update_finished(Err("Maildir is read-only".into()), out));
+    assert_eq!(
+        out,
+        "-ERR [SYS/TEMP] Maildir is read-only; no message was removed\r\n"
+    );
+    assert_eq!(session.stats().done, 0);
+    assert_eq!(session.stats().marked, 2);
+    assert!(!session.is_logged_in());
+}
+
+#[test]
+fn nothing_is_accepted_after_the_update() {
+    let mut session = updating(Mode::Delete);
+    capture(|out| session.update_finished(Ok(UpdateReport { done: 2, failed: 0 }), out));
+    for line in ["STAT", "QUIT", "CAPA", "USER alice", "RSET"] {
+        assert_eq!(reply(&mut session, line), NOT_NOW, "{line}");
+    }
+}
+
+#[test]
+fn stats_follow_a_whole_session() {
+    let mut session = logged_in_session(&SIZES, Mode::Delete);
+    for (line, index, size) in [("RETR 1", 0, 100), ("RETR 3", 2, 300), ("RETR 1", 0, 100)] {
+        assert_eq!(
+            run(&mut session, line).0,
+            Effect::Send {
+                index,
+                top_lines: None
+            }
+        );
+        let ((), out) = capture(|out| session.send_started(index, None, out));
+        assert_eq!(out, format!("+OK {size} octets\r\n"));
+    }
+    run(&mut session, "TOP 2 1");
+    capture(|out| session.send_started(1, Some(1), out));
+    reply(&mut session, "DELE 1");
+    reply(&mut session, "DELE 3");
+    assert_eq!(
+        run(&mut session, "QUIT").0,
+        Effect::Update {
+            marked: vec![0, 2],
+            mode: Mode::Delete
+        }
+    );
+    capture(|out| session.update_finished(Ok(UpdateReport { done: 2, failed: 0 }), out));
+    assert_eq!(
+        session.stats(),
+        &Stats {
+            retrieved: 3,
+            retrieved_octets: 500,
+            marked: 2,
+            done: 2
+        }
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn malformed_lines_are_refused_in_every_state() {
+    let cases: [(&[u8], &str); 8] = [
+        (b"", "-ERR Empty command line\r\n"),
+        (b"   ", "-ERR Empty command line\r\n"),
+        (b" STAT", "-ERR Empty command line\r\n"),
+        (b"ST\0AT", "-ERR NUL byte in command line\r\n"),
+        (b"STAT\rX", "-ERR Bare CR in command line\r\n"),
+        (b"\xff\xfeSTAT", "-ERR Command line is not valid UTF-8\r\n"),
+        (b"HELO example.com", "-ERR Unknown command: HELO\r\n"),
+        (b"STLS", "-ERR Unknown command: STLS\r\n"),
+    ];
+    let sessions = [
+        start(Settings::default()),
+        logged_in_session(&SIZES, Mode::Delete),
+    ];
+    for mut session in sessions {
+        for (line, expected) in cases {
+            assert_eq!(reply(&mut session, line), expected);
+        }
+        let long = "X".repeat(100);
+        assert_eq!(
+            reply(&mut session, &long),
+            format!("-ERR Unknown command: {}\r\n", "X".repeat(16))
+        );
+        assert_eq!(
+            capture(|out| session.line_too_long(out)),
+            (
+                Effect::None,
+                "-ERR Command line too long (255 octets at most)\r\n".into()
+            )
+        );
+    }
+}
+
+#[test]
+fn too_many_consecutive_bad_commands_close_the_connection() {
+    let settings = Settings {
+        max_bad_commands: 3,
+        ..Settings::default()
+    };
+    let mut session = start(settings.clone());
+    assert_eq!(
+        reply(&mut session, "HELO"),
+        "-ERR Unknown command: HELO\r\n"
+    );
+    assert_eq!(reply(&mut session, ""), "-ERR Empty command line\r\n");
+    assert_eq!(
+        run(&mut session, "EHLO"),
+        (
+            Effect::Close,
+            "-ERR Unknown command: EHLO; too many bad commands, closing\r\n".into()
+        )
+    );
+    // Closed: anything more is refused (and, still too many, closes again).
+    assert_eq!(
+        run(&mut session, "USER alice"),
+        (
+            Effect::Close,
+            "-ERR Command not allowed now; too many bad commands, closing\r\n".into()
+        )
+    );
+
+    // The same after login.
+    let mut session = logged_in_with(settings, &SIZES, Mode::Delete);
+    reply(&mut session, "DELE 1");
+    reply(&mut session, "HELO");
+    reply(&mut session, "HELO");
+    assert_eq!(
+        run(&mut session, "RETR x"),
+        (
+            Effect::Close,
+            "-ERR Invalid number: x; too many bad commands, closing\r\n".into()
+        )
+    );
+    assert!(!session.is_logged_in());
+    // Closed without UPDATE: a later QUIT does not apply the DELE.
+    assert_eq!(
+        run(&mut session, "QUIT"),
+        (
+            Effect::Close,
+            "-ERR Command not allowed now; too many bad commands, closing\r\n".into()
+        )
+    );
+}
+
+#[test]
+fn the_default_allows_twenty_bad_commands() {
+    let mut session = start(Settings::default());
+    for _ in 0..19 {
+        assert_eq!(
+            reply(&mut session, "HELO"),
+            "-ERR Unknown command: HELO\r\n"
+        );
+    }
+    assert_eq!(
+        run(&mut session, "HELO"),
+        (
+            Effect::Close,
+            "-ERR Unknown command: HELO; too many bad commands, closing\r\n".into()
+        )
+    );
+}
+
+#[test]
+fn a_good_command_resets_the_bad_command_count() {
+    let settings = Settings {
+        max_bad_commands: 3,
+        ..Settings::default()
+    };
+    let mut session = start(settings.clone());
+    for good in ["CAPA", "USER alice", "CAPA", "USER bob"] {
+        reply(&mut session, "HELO");
+        reply(&mut session, "HELO");
+        assert!(reply(&mut session, good).starts_with("+OK "), "{good}");
+    }
+    reply(&mut session, "HELO");
+    reply(&mut session, "HELO");
+    // A malformed known command is bad too: the third in a row.
+    assert_eq!(run(&mut session, "CAPA x").0, Effect::Close);
+
+    let mut session = logged_in_with(settings, &SIZES, Mode::Delete);
+    for _ in 0..5 {
+        reply(&mut session, "HELO");
+        reply(&mut session, "HELO");
+        assert_eq!(reply(&mut session, "STAT"), "+OK 3 600\r\n");
+    }
+    assert!(session.is_logged_in());
+}
+
+#[test]
+fn wrong_state_commands_and_long_lines_count_as_bad() {
+    let settings = Settings {
+        max_bad_commands: 3,
+        ..Settings::default()
+    };
+    let mut session = start(settings.clone());
+    assert_eq!(reply(&mut session, "STAT"), NOT_BEFORE_LOGIN);
+    assert_eq!(capture(|out| session.line_too_long(out)).0, Effect::None);
+    assert_eq!(
+        run(&mut session, "DELE 1"),
+        (
+            Effect::Close,
+            "-ERR Not allowed before login: log in with USER and PASS; too many bad commands, closing\r\n"
+                .into()
+        )
+    );
+
+    let mut session = logged_in_with(settings, &SIZES, Mode::Delete);
+    assert_eq!(reply(&mut session, "USER bob"), ALREADY_LOGGED_IN);
+    assert_eq!(reply(&mut session, "PASS pw"), ALREADY_LOGGED_IN);
+    assert_eq!(
+        capture(|out| session.line_too_long(out)),
+        (
+            Effect::Close,
+            "-ERR Command line too long (255 octets at most); too many bad commands, closing\r\n"
+                .into()
+        )
+    );
+}
+
+#[test]
+fn a_refused_message_number_is_not_a_bad_command() {
+    // The command itself was well-formed: the count of bad commands starts again.
+    let mut session = logged_in_with(
+        Settings {
+            max_bad_commands: 2,
+            ..Settings::default()
+        },
+        &SIZES,
+        Mode::Delete,
+    );
+    for _ in 0..5 {
+        reply(&mut session, "HELO");
+        assert_eq!(
+            reply(&mut session, "RETR 9"),
+            "-ERR There is no message 9\r\n"
+        );
+    }
+    assert!(session.is_logged_in());
+}
+
+#[test]
+fn plaintext_refusals_are_not_bad_commands() {
+    let mut session = start(Settings {
+        max_bad_commands: 2,
+        ..no_plaintext()
+    });
+    for _ in 0..5 {
+        reply(&mut session, "HELO");
+        assert_eq!(reply(&mut session, "USER alice"), PLAINTEXT_REFUSED);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pending effects
+// ---------------------------------------------------------------------------------------------
+
+const ALL_COMMANDS: [&str; 14] = [
+    "USER bob",
+    "PASS pw",
+    "APOP bob 0123",
+    "QUIT",
+    "STAT",
+    "LIST",
+    "LIST 1",
+    "RETR 1",
+    "DELE 1",
+    "NOOP",
+    "RSET",
+    "TOP 1 1",
+    "UIDL",
+    "CAPA",
+];
+
+#[test]
+fn no_command_runs_while_authenticating() {
+    let mut session = authenticating(with_apop());
+    for line in ALL_COMMANDS {
+        assert_eq!(reply(&mut session, line), NOT_NOW, "{line}");
+    }
+    assert!(!session.is_logged_in());
+    // The verdict still lands normally.
+    let ((), out) = capture(|out| session.logged_in(messages(&SIZES), Mode::Keep, out));
+    assert_eq!(out, "+OK Logged in, 3 messages (600 octets), keep mode\r\n");
+    assert_eq!(reply(&mut session, "STAT"), "+OK 3 600\r\n");
+}
+
+#[test]
+fn no_command_runs_while_the_update_is_pending() {
+    let mut session = updating(Mode::Delete);
+    for line in ALL_COMMANDS {
+        assert_eq!(reply(&mut session, line), NOT_NOW, "{line}");
+    }
+    let ((), out) =
+        capture(|out| session.update_finished(Ok(UpdateReport { done: 2, failed: 0 }), out));
+    assert_eq!(out, "+OK Logging out, 2 messages deleted\r\n");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mode
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn mode_parses_case_insensitively_and_displays_lowercase() {
+    assert_eq!("delete".parse(), Ok(Mode::Delete));
+    assert_eq!("KEEP".parse(), Ok(Mode::Keep));
+    assert!("kept".parse::<Mode>().unwrap_err().contains("\"kept\""));
+    assert_eq!(Mode::Delete.to_string(), "delete");
+    assert_eq!(Mode::Keep.to_string(), "keep");
+    assert_eq!(Mode::default(), Mode::Delete);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Property-style: random command lines never break the protocol
+// ---------------------------------------------------------------------------------------------
+
+/// xorshift64: small, deterministic, good enough to shuffle command lines.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn percent(&mut self, p: u64) -> bool {
+        self.below(100) < p
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+}
+
+const KEYWORDS: [&str; 20] = [
+    "USER", "PASS", "APOP", "QUIT", "STAT", "LIST", "RETR", "DELE", "NOOP", "RSET", "TOP", "UIDL",
+    "CAPA", "STLS", "AUTH", "HELO", "XTND", "", "LIS", "QUITX",
+];
+
+const ARGS: [&str; 16] = [
+    "1",
+    "2",
+    "3",
+    "4",
+    "0",
+    "5",
+    "18446744073709551615",
+    "18446744073709551616",
+    "-1",
+    "+1",
+    "x",
+    "alice",
+    "c4c9334bac560ecc979e58001b3e22fb",
+    "",
+    "\t",
+    "ä",
+];
+
+/// Bytes a hostile client might send; never LF, which the line reader splits on.
+const JUNK: &[u8] = b"\0\r\t \x7f\x80\xc3\xa4\xff.:[]AZaz09";
+
+fn random_line(rng: &mut XorShift, logged_out: bool) -> Vec<u8> {
+    if rng.percent(8) {
+        let len = rng.below(300);
+        return (0..len).map(|_| *rng.pick(JUNK)).collect();
+    }
+    // Half the time a plausible command, so sessions get logged in and do real work.
+    if rng.percent(50) {
+        if logged_out {
+            let line = *rng.pick(&["USER alice", "PASS secret", "APOP alice 0123abcd"]);
+            return line.as_bytes().to_vec();
+        }
+        let n = rng.below(7);
+        let m = rng.below(20);
+        let line = match rng.below(12) {
+            0 => format!("RETR {n}"),
+            1 => format!("TOP {n} {m}"),
+            2 => format!("DELE {n}"),
+            3 => format!("LIST {n}"),
+            4 => format!("UIDL {n}"),
+            5 => "STAT".into(),
+            6 => "LIST".into(),
+            7 => "UIDL".into(),
+            8 => "RSET".into(),
+            9 => "NOOP".into(),
+            10 => "CAPA".into(),
+            _ => "QUIT".into(),
+        };
+        return line.into_bytes();
+    }
+    let mut line: Vec<u8> = rng
+        .pick(&KEYWORDS)
+        .bytes()
+        .map(|b| {
+            if rng.percent(30) {
+                b.to_ascii_lowercase()
+            } else {
+                b
+            }
+        })
+        .collect();
+    for _ in 0..rng.below(4) {
+        line.extend_from_slice(if rng.percent(90) { b" " } else { b"  " });
+        if rng.percent(5) {
+            line.push(*rng.pick(JUNK));
+        } else {
+            line.extend_from_slice(rng.pick(&ARGS).as_bytes());
+        }
+    }
+    line
+}
+
+/// Checks `out` is exactly one well-formed reply: a status line of at most 512 octets and,
+/// when `multi_line` and positive, body lines that never start with '.' and the ".\r\n" end.
+/// Returns whether the reply was positive.
+fn check_reply(out: &[u8], multi_line: bool, context: &str) -> bool {
+    let out = std::str::from_utf8(out).unwrap_or_else(|_| panic!("{context}: not UTF-8"));
+    let body = out
+        .strip_suffix("\r\n")
+        .unwrap_or_else(|| panic!("{context}: no CRLF at the end: {out:?}"));
+    let lines: Vec<&str> = body.split("\r\n").collect();
+    for line in &lines {
+        assert!(
+            !line.contains(['\r', '\n', '\0']),
+            "{context}: stray CR, LF or NUL: {out:?}"
+        );
+    }
+    let status = lines[0];
+    assert!(status.len() + 2 <= 512, "{context}: status too long");
+    let ok = match status.split_once(' ').map_or(status, |(s, _)| s) {
+        "+OK" => true,
+        "-ERR" => false,
+        _ => panic!("{context}: bad status line {out:?}"),
+    };
+    if ok && multi_line {
+        assert!(lines.len() >= 2, "{context}: unterminated {out:?}");
+        assert_eq!(lines[lines.len() - 1], ".", "{context}: {out:?}");
+        for line in &lines[1..lines.len() - 1] {
+            assert!(
+                !line.is_empty() && !line.starts_with('.'),
+                "{context}: {out:?}"
+            );
+        }
+    } else {
+        assert_eq!(lines.len(), 1, "{context}: more than one line {out:?}");
+    }
+    ok
+}
+
+/// What the test believes about a session, to check the session's replies against.
+#[derive(Debug, PartialEq)]
+enum Phase {
+    LoggedOut,
+    LoggedIn,
+}
+
+#[test]
+fn random_command_lines_never_break_the_protocol() {
+    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+    let mut lines_sent = 0;
+    let mut logins = 0;
+    let mut sends = 0;
+    let mut updates = 0;
+    for session_no in 0..400 {
+        let settings = Settings {
+            plaintext_auth: rng.percent(85),
+            apop_banner: rng.percent(50).then(|| "<1.2@test>".to_string()),
+            max_auth_failures: 1 + rng.below(4) as u32,
+            max_bad_commands: 1 + rng.below(40) as u32,
+        };
+        let (mut session, greeting) = start_with_greeting(settings);
+        check_reply(greeting.as_bytes(), false, "greeting");
+        let mut phase = Phase::LoggedOut;
+        let mut sizes: Vec<u64> = Vec::new();
+        let mut deleted: Vec<bool> = Vec::new();
+        let mut login_mode = Mode::Delete;
+
+        'session: for _ in 0..60 {
+            assert_eq!(session.is_logged_in(), phase == Phase::LoggedIn);
+            let mut out = Vec::new();
+            let (line, effect) = if rng.percent(3) {
+                (b"<too long>".to_vec(), session.line_too_long(&mut out))
+            } else {
+                let line = random_line(&mut rng, phase == Phase::LoggedOut);
+                let effect = session.command(&line, &mut out);
+                (line, effect)
+            };
+            lines_sent += 1;
+            let context = format!("session {session_no}, {:?}", String::from_utf8_lossy(&line));
+            let cmd = command::parse(&line).ok();
+            let multi_line = matches!(
+                cmd,
+                Some(Command::Capa | Command::List(None) | Command::Uidl(None))
+            );
+            // For a command naming one message: whether the model says it may be used.
+            let target = match cmd {
+                Some(
+                    Command::List(Some(n))
+                    | Command::Uidl(Some(n))
+                    | Command::Dele(n)
+                    | Command::Retr(n)
+                    | Command::Top { msg: n, .. },
+                ) if phase == Phase::LoggedIn => {
+                    Some((1..=sizes.len() as u64).contains(&n) && !deleted[n as usize - 1])
+                }
+                _ => None,
+            };
+
+            match effect {
+                Effect::None => {
+                    let ok = check_reply(&out, multi_line, &context);
+                    match (target, &cmd) {
+                        // A message that may be sent is sent.
+                        (Some(live), Some(Command::Retr(_) | Command::Top { .. })) => {
+                            assert!(!live && !ok, "{context}")
+                        }
+                        (Some(live), _) => assert_eq!(ok, live, "{context}"),
+                        (None, _) => {}
+                    }
+                    if ok && phase == Phase::LoggedIn {
+                        match cmd {
+                            Some(Command::Dele(n)) => {
+                                deleted[n as usize - 1] = true;
+                                let marked = deleted.iter().filter(|&&d| d).count();
+                                assert_eq!(session.stats().marked, marked, "{context}");
+                            }
+                            Some(Command::List(Some(n))) => assert_eq!(
+                                text(&out),
+                                format!("+OK {n} {}\r\n", sizes[n as usize - 1])
+                            ),
+                            Some(Command::Rset) => deleted.fill(false),
+                            Some(Command::Stat) => {
+                                let live = (0..sizes.len()).filter(|&i| !deleted[i]);
+                                let count = live.clone().count();
+                                let octets: u64 = live.map(|i| sizes[i]).sum();
+                                assert_eq!(text(&out), format!("+OK {count} {octets}\r\n"));
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                Effect::Close => {
+                    check_reply(&out, false, &context);
+                    // A closed session refuses everything, without panicking.
+                    let (effect, out) = run(&mut session, b"QUIT");
+                    assert!(out.starts_with("-ERR "), "{context}: {out:?}");
+                    assert!(matches!(effect, Effect::None | Effect::Close));
+                    break 'session;
+                }
+                Effect::Authenticate { .. } => {
+                    assert_eq!(phase, Phase::LoggedOut, "{context}");
+                    assert!(out.is_empty(), "{context}: {out:?}");
+                    if rng.percent(20) {
+                        // Misuse: a command before the verdict is refused.
+                        let (effect, out) = run(&mut session, random_line(&mut rng, true));
+                        assert!(out.starts_with("-ERR "), "{context}: {out:?}");
+                        check_reply(out.as_bytes(), false, &context);
+                        match effect {
+                            Effect::None => {}
+                            Effect::Close => break 'session,
+                            other => panic!("{context}: effect while authenticating: {other:?}"),
+                        }
+                        assert!(!session.is_logged_in());
+                    }
+                    let mut out = Vec::new();
+                    if rng.percent(60) {
+                        sizes = (0..rng.below(6)).map(|_| rng.below(100_000)).collect();
+                        deleted = vec![false; sizes.len()];
+                        let mode = *rng.pick(&[Mode::Delete, Mode::Keep]);
+                        session.logged_in(messages(&sizes), mode, &mut out);
+                        assert!(check_reply(&out, false, &context));
+                        assert_eq!(session.mode(), Some(mode));
+                        login_mode = mode;
+                        phase = Phase::LoggedIn;
+                        logins += 1;
+                    } else {
+                        let failure = rng
+                            .pick(&[
+                                LoginFailure::BadCredentials,
+                                LoginFailure::InUse,
+                                LoginFailure::System("Cannot open the mailbox".into()),
+                            ])
+                            .clone();
+                        let effect = session.login_failed(failure, &mut out);
+                        assert!(!check_reply(&out, false, &context));
+                        match effect {
+                            Effect::None => {}
+                            Effect::Close => break 'session,
+                            other => panic!("{context}: login_failed gave {other:?}"),
+                        }
+                    }
+                }
+                Effect::Send { index, top_lines } => {
+                    assert_eq!(phase, Phase::LoggedIn, "{context}");
+                    assert!(out.is_empty(), "{context}: {out:?}");
+                    assert!(index < sizes.len() && !deleted[index], "{context}");
+                    assert_eq!(target, Some(true), "{context}");
+                    match cmd {
+                        Some(Command::Retr(n)) => {
+                            assert_eq!((n, top_lines), (index as u64 + 1, None), "{context}")
+                        }
+                        Some(Command::Top { msg, lines }) => {
+                            assert_eq!((msg, top_lines), (index as u64 + 1, Some(lines)))
+                        }
+                        other => panic!("{context}: Send from {other:?}"),
+                    }
+                    let mut out = Vec::new();
+                    if rng.percent(80) {
+                        let before = session.stats().retrieved_octets;
+                        session.send_started(index, top_lines, &mut out);
+                        assert!(check_reply(&out, false, &context));
+                        if top_lines.is_none() {
+                            assert_eq!(text(&out), format!("+OK {} octets\r\n", sizes[index]));
+                            assert_eq!(session.stats().retrieved_octets, before + sizes[index]);
+                        }
+                    } else {
+                        session.send_failed(index, rng.percent(50), &mut out);
+                        assert!(!check_reply(&out, false, &context));
+                    }
+                    sends += 1;
+                }
+                Effect::Update { marked, mode } => {
+                    assert_eq!(phase, Phase::LoggedIn, "{context}");
+                    assert!(out.is_empty(), "{context}: {out:?}");
+                    let expected: Vec<usize> = (0..sizes.len()).filter(|&i| deleted[i]).collect();
+                    assert!(!marked.is_empty(), "{context}");
+                    assert_eq!(marked, expected, "{context}");
+                    assert_eq!(mode, login_mode, "{context}");
+                    assert_eq!(session.stats().marked, marked.len(), "{context}");
+                    if rng.percent(20) {
+                        let (effect, out) = run(&mut session, random_line(&mut rng, false));
+                        check_reply(out.as_bytes(), false, &context);
+                        assert!(out.starts_with("-ERR "), "{context}: {out:?}");
+                        match effect {
+                            Effect::None => {}
+                            Effect::Close => break 'session,
+                            other => panic!("{context}: effect while updating: {other:?}"),
+                        }
+                    }
+                    let mut out = Vec::new();
+                    let result = match rng.below(3) {
+                        0 => Ok(UpdateReport {
+                            done: marked.len(),
+                            failed: 0,
+                        }),
+                        1 => Ok(UpdateReport {
+                            done: marked.len() - 1,
+                            failed: 1,
+                        }),
+                        _ => Err("Maildir is gone".into()),
+                    };
+                    let expect_ok = matches!(result, Ok(UpdateReport { failed: 0, .. }));
+                    session.update_finished(result, &mut out);
+                    assert_eq!(check_reply(&out, false, &context), expect_ok);
+                    updates += 1;
+                    assert!(!session.is_logged_in());
+                    break 'session;
+                }
+            }
+        }
+    }
+    // The walk went everywhere it should have.
+    assert!(lines_sent > 5_000, "{lines_sent}");
+    assert!(logins > 100, "{logins}");
+    assert!(sends > 50, "{sends}");
+    assert!(updates > 10, "{updates}");
+}
