@@ -12,8 +12,12 @@ use crate::store::template;
 /// Everything `pop3d serve` needs, after merging and checking.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Plain POP3 listeners.
+    /// Plain POP3 listeners (offering STLS when a certificate is configured).
     pub listen: Vec<SocketAddr>,
+    /// Implicit-TLS listeners (RFC 8314, port 995).
+    pub listen_tls: Vec<SocketAddr>,
+    /// PEM certificate chain and private key, re-read on SIGHUP.
+    pub tls: Option<TlsFiles>,
     pub users_file: PathBuf,
     /// The Maildir template (`%u`, `%n`, `%d`, `%h`, `~/`); None means `<home>/Maildir`.
     pub maildir: Option<String>,
@@ -34,11 +38,21 @@ pub struct Config {
     pub hostname: String,
 }
 
+/// Where the certificate and its key are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// The TOML file: the same keys as the flags, with `_` for `-`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<Vec<SocketAddr>>,
+    pub listen_tls: Option<Vec<SocketAddr>>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     pub users: Option<PathBuf>,
     pub maildir: Option<String>,
     pub mode: Option<Mode>,
@@ -79,8 +93,22 @@ impl FileConfig {
     /// Fills what the flags left unset from this file, then defaults, and checks the result.
     pub fn merge(self, flags: FileConfig) -> Result<Config, String> {
         let listen = flags.listen.filter(|l| !l.is_empty()).or(self.listen);
+        let listen_tls = flags
+            .listen_tls
+            .filter(|l| !l.is_empty())
+            .or(self.listen_tls);
+        let tls = match (
+            flags.tls_cert.or(self.tls_cert),
+            flags.tls_key.or(self.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => return Err("tls_cert and tls_key go together: set both or neither".into()),
+        };
         let config = Config {
             listen: listen.unwrap_or_else(|| vec![SocketAddr::from(([0, 0, 0, 0], 110))]),
+            listen_tls: listen_tls.unwrap_or_default(),
+            tls,
             users_file: flags
                 .users
                 .or(self.users)
@@ -116,8 +144,11 @@ impl FileConfig {
         if let Some(t) = &config.maildir {
             template::check_template(t)?;
         }
-        if config.listen.is_empty() {
+        if config.listen.is_empty() && config.listen_tls.is_empty() {
             return Err("nothing to listen on".into());
+        }
+        if !config.listen_tls.is_empty() && config.tls.is_none() {
+            return Err("--listen-tls needs --tls-cert and --tls-key".into());
         }
         if config.max_connections == 0 {
             return Err("max_connections must be at least 1".into());

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{Config, TlsFiles};
+use crate::server::tls;
 use crate::session::Mode;
 
 const SAMPLES: [&str; 3] = [
@@ -23,14 +24,21 @@ const SAMPLES: [&str; 3] = [
 ];
 
 /// Creates the demo folder and serves it until the process is stopped.
-pub fn run(listen: SocketAddr) -> Result<(), String> {
+pub fn run(listen: SocketAddr, listen_tls: SocketAddr) -> Result<(), String> {
     let root = std::env::temp_dir().join(format!("pop3d-demo-{}", std::process::id()));
     let users_file = root.join("users");
     let maildir = root.join("mail/demo/Maildir");
-    populate(&users_file, &maildir)
+    let cert = root.join("cert.pem");
+    let key = root.join("key.pem");
+    populate(&users_file, &maildir, &cert, &key)
         .map_err(|e| format!("cannot create the demo in {}: {e}", root.display()))?;
     let config = Config {
         listen: vec![listen],
+        listen_tls: vec![listen_tls],
+        tls: Some(TlsFiles {
+            cert: cert.clone(),
+            key,
+        }),
         users_file,
         maildir: Some(format!("{}/mail/%u/Maildir", root.display())),
         mode: Mode::Delete,
@@ -42,8 +50,8 @@ pub fn run(listen: SocketAddr) -> Result<(), String> {
         max_connections: 100,
         hostname: "localhost".into(),
     };
-    crate::server::run(config, |addrs| {
-        let addr = addrs[0];
+    crate::server::run(config, |plain, implicit| {
+        let (addr, tls) = (plain[0], implicit[0]);
         println!(
             "pop3d demo: user \"demo\", password \"demo\" (keep mode), mail in {}",
             maildir.display()
@@ -51,6 +59,15 @@ pub fn run(listen: SocketAddr) -> Result<(), String> {
         println!("Try it:");
         println!("  curl pop3://{addr}/ -u demo:demo          # list the messages");
         println!("  curl pop3://{addr}/1 -u demo:demo         # read message 1");
+        println!(
+            "  curl --cacert {} pop3s://localhost:{}/1 -u demo:demo   # over TLS",
+            cert.display(),
+            tls.port()
+        );
+        println!(
+            "  openssl s_client -quiet -connect {tls}       # then USER demo, PASS demo, LIST, QUIT"
+        );
+        println!("  openssl s_client -quiet -starttls pop3 -connect {addr}");
         println!(
             "  telnet {} {}   then USER demo, PASS demo, LIST, RETR 1, QUIT",
             addr.ip(),
@@ -60,9 +77,13 @@ pub fn run(listen: SocketAddr) -> Result<(), String> {
     })
 }
 
-/// Writes the users file and delivers the sample messages as an MDA does (tmp/, then new/).
-fn populate(users_file: &Path, maildir: &Path) -> std::io::Result<()> {
+/// Writes the users file and a self-signed certificate, and delivers the sample messages as an MDA does (tmp/, then new/).
+fn populate(users_file: &Path, maildir: &Path, cert: &Path, key: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(maildir)?;
+    let (cert_pem, key_pem) =
+        tls::self_signed(&["localhost", "127.0.0.1"]).map_err(std::io::Error::other)?;
+    std::fs::write(cert, cert_pem)?;
+    std::fs::write(key, key_pem)?;
     std::fs::write(users_file, "demo:{PLAIN}demo::::::mode=keep\n")?;
     let store = maildir::Maildir::from(maildir.to_path_buf());
     store.create_dirs()?;

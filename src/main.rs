@@ -38,6 +38,15 @@ struct Serve {
     /// users file in Dovecot passwd-file format: user:{SCHEME}hash:uid:gid:gecos:home:shell:extra
     #[argh(option)]
     users: Option<PathBuf>,
+    /// address to serve POP3 over implicit TLS on, e.g. 0.0.0.0:995 (repeatable)
+    #[argh(option)]
+    listen_tls: Vec<SocketAddr>,
+    /// PEM certificate chain for TLS (re-read on SIGHUP); enables STLS on plain listeners
+    #[argh(option)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for the certificate: PKCS#8, PKCS#1 or SEC1
+    #[argh(option)]
+    tls_key: Option<PathBuf>,
     /// the Maildir template: %u user, %n local part, %d domain, %h or ~/ home (default ~/Maildir)
     #[argh(option)]
     maildir: Option<String>,
@@ -71,9 +80,12 @@ struct Serve {
 #[argh(subcommand, name = "demo")]
 /// Serve a demo user and mailbox from a temporary folder on loopback.
 struct Demo {
-    /// address to listen on (default 127.0.0.1:1110)
+    /// address for plain POP3 (default 127.0.0.1:1110)
     #[argh(option, default = "SocketAddr::from(([127, 0, 0, 1], 1110))")]
     listen: SocketAddr,
+    /// address for implicit TLS (default 127.0.0.1:1995)
+    #[argh(option, default = "SocketAddr::from(([127, 0, 0, 1], 1995))")]
+    listen_tls: SocketAddr,
 }
 
 #[derive(FromArgs)]
@@ -90,7 +102,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let result = match cli.command {
         Command::Serve(serve) => run_serve(serve),
-        Command::Demo(demo) => pop3d::demo::run(demo.listen),
+        Command::Demo(demo) => pop3d::demo::run(demo.listen, demo.listen_tls),
         Command::HashPassword(args) => run_hash_password(args.scheme),
     };
     match result {
@@ -110,6 +122,9 @@ fn run_serve(args: Serve) -> Result<(), String> {
     let switch = |on: bool| on.then_some(true);
     let flags = FileConfig {
         listen: Some(args.listen),
+        listen_tls: Some(args.listen_tls),
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
         users: args.users,
         maildir: args.maildir,
         mode: args.mode,
@@ -122,7 +137,7 @@ fn run_serve(args: Serve) -> Result<(), String> {
         hostname: args.hostname,
     };
     let config = file.merge(flags)?;
-    pop3d::server::run(config, |_| {})
+    pop3d::server::run(config, |_, _| {})
 }
 
 fn run_hash_password(scheme: Scheme) -> Result<(), String> {

@@ -10,7 +10,10 @@ pub type MsgNum = u64;
 pub enum Command<'a> {
     User(&'a str),
     Pass(&'a str),
-    Apop { user: &'a str, digest: &'a str },
+    Apop {
+        user: &'a str,
+        digest: &'a str,
+    },
     Quit,
     Stat,
     List(Option<MsgNum>),
@@ -18,9 +21,14 @@ pub enum Command<'a> {
     Dele(MsgNum),
     Noop,
     Rset,
-    Top { msg: MsgNum, lines: u64 },
+    Top {
+        msg: MsgNum,
+        lines: u64,
+    },
     Uidl(Option<MsgNum>),
     Capa,
+    /// RFC 2595 §4: start TLS on a plain connection.
+    Stls,
 }
 
 /// Why a line is not a command we can run; its `Display` is the `-ERR` text.
@@ -89,6 +97,7 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
         "NOOP" => no_more(args, "NOOP").map(|_| Command::Noop)?,
         "RSET" => no_more(args, "RSET").map(|_| Command::Rset)?,
         "CAPA" => no_more(args, "CAPA").map(|_| Command::Capa)?,
+        "STLS" => no_more(args, "STLS").map(|_| Command::Stls)?,
         "LIST" => Command::List(optional_number(args, "LIST")?),
         "UIDL" => Command::Uidl(optional_number(args, "UIDL")?),
         "RETR" => Command::Retr(one_number(args, "RETR")?),
@@ -186,6 +195,8 @@ mod tests {
         assert_eq!(parse(b"quit"), Ok(Command::Quit));
         assert_eq!(parse(b"NOOP"), Ok(Command::Noop));
         assert_eq!(parse(b"rset"), Ok(Command::Rset));
+        assert_eq!(parse(b"stls"), Ok(Command::Stls));
+        assert_eq!(parse(b"STLS x"), Err(ParseError::TooManyArguments("STLS")));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{Shared, rt};
+use super::{Shared, rt, tls};
 use crate::auth;
 use crate::protocol::body::BodyEncoder;
 use crate::protocol::lines::{Line, LineReader};
@@ -30,6 +30,8 @@ enum End {
     Closed,
     /// QUIT in TRANSACTION: the update ran.
     Quit,
+    /// STLS accepted: the TLS handshake comes next.
+    StartTls,
     Disconnected,
     Timeout,
     Error(String),
@@ -40,6 +42,7 @@ impl std::fmt::Display for End {
         match self {
             End::Closed => f.write_str("closed"),
             End::Quit => f.write_str("quit"),
+            End::StartTls => f.write_str("starttls"),
             End::Disconnected => f.write_str("disconnected"),
             End::Timeout => f.write_str("timeout"),
             End::Error(e) => write!(f, "error ({e})"),
@@ -58,28 +61,73 @@ struct Connection<'a, S> {
     login: Option<(String, Mode)>,
 }
 
-pub async fn serve(stream: rt::TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
+/// Serves one client: plain (offering STLS when a certificate is loaded), or TLS from the
+/// first byte on an implicit-TLS listener.
+pub async fn serve(
+    stream: rt::TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    implicit_tls: bool,
+) {
     // Our own batching decides when bytes go out; Nagle would only add latency.
     let _ = stream.set_nodelay(true);
     let config = &shared.config;
+    let acceptor = shared.tls_acceptor();
     let settings = Settings {
-        plaintext_auth: config.allow_plaintext_auth || peer.ip().to_canonical().is_loopback(),
+        plaintext_auth: config.allow_plaintext_auth
+            || implicit_tls
+            || peer.ip().to_canonical().is_loopback(),
+        stls: acceptor.is_some() && !implicit_tls,
         apop_banner: config.enable_apop.then(|| apop_banner(&config.hostname)),
         ..Settings::default()
     };
-    let mut out = Vec::with_capacity(256);
-    let session = Session::new(settings, &mut out);
-    let mut conn = Connection {
+    if implicit_tls {
+        let Some(tls) = handshake(acceptor, stream, peer, shared).await else {
+            return;
+        };
+        let mut conn = Connection::new(tls, peer, shared, settings);
+        let end = conn.run().await;
+        conn.log_end(&end);
+        return;
+    }
+    let mut conn = Connection::new(stream, peer, shared, settings);
+    let end = conn.run().await;
+    if !matches!(end, End::StartTls) {
+        conn.log_end(&end);
+        return;
+    }
+    // Only the stream and the session carry over: the line buffer, with anything the client
+    // pipelined after STLS in plaintext, is dropped here (RFC 2595 §2.2).
+    let Connection {
         stream,
-        peer,
-        shared,
-        out,
-        session,
-        mailbox: None,
-        login: None,
+        mut session,
+        ..
+    } = conn;
+    let Some(tls) = handshake(acceptor, stream, peer, shared).await else {
+        return;
     };
+    session.tls_started();
+    let mut conn = Connection::resume(tls, peer, shared, session);
     let end = conn.run().await;
     conn.log_end(&end);
+}
+
+/// The server side of a TLS handshake, bounded by the login timeout. A failed handshake
+/// costs this one connection and a debug line: scanners must not flood the log.
+async fn handshake(
+    acceptor: Option<tls::Acceptor>,
+    stream: rt::TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> Option<tls::TlsStream<rt::TcpStream>> {
+    let acceptor = acceptor?;
+    match rt::timeout(shared.config.login_timeout, acceptor.accept(stream)).await {
+        Ok(tls) => Some(tls),
+        Err(e) => {
+            log::debug!("TLS handshake with {peer} failed: {e}");
+            None
+        }
+    }
 }
 
 /// An RFC 1939 §7 timestamp: unique per connection, so an APOP digest cannot be replayed.
@@ -96,7 +144,36 @@ fn apop_banner(hostname: &str) -> String {
     )
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
+impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
+    /// A new connection, its greeting waiting in the output buffer.
+    fn new(stream: S, peer: SocketAddr, shared: &'a Shared, settings: Settings) -> Self {
+        let mut out = Vec::with_capacity(256);
+        let session = Session::new(settings, &mut out);
+        Connection {
+            stream,
+            peer,
+            shared,
+            out,
+            session,
+            mailbox: None,
+            login: None,
+        }
+    }
+
+    /// The same session on a new stream (after STLS): no second greeting (RFC 2595 §4).
+    fn resume(stream: S, peer: SocketAddr, shared: &'a Shared, session: Session) -> Self {
+        let out = Vec::with_capacity(256);
+        Connection {
+            stream,
+            peer,
+            shared,
+            out,
+            session,
+            mailbox: None,
+            login: None,
+        }
+    }
+
     async fn run(&mut self) -> End {
         let mut reader = LineReader::new();
         loop {
@@ -145,6 +222,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         match effect {
             Effect::None => {}
             Effect::Close => return Ok(Some(End::Closed)),
+            Effect::StartTls => return Ok(Some(End::StartTls)),
             Effect::Authenticate { user, credential } => {
                 match self.log_in(user, credential).await {
                     Ok((mailbox, messages, mode, login)) => {
@@ -182,7 +260,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         let shared = self.shared;
         let verified = {
             let _permit = shared.hashing.acquire().await;
-            let users = shared.users.clone();
+            let users = shared.users();
             let login = login.clone();
             rt::unblock(move || {
                 let resolved = users.resolve(&login);
@@ -304,7 +382,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         if self.out.is_empty() {
             return Ok(());
         }
-        let written = rt::timeout(WRITE_TIMEOUT, self.stream.write_all(&self.out)).await;
+        // A TLS stream holds records until flushed; a TCP stream's flush does nothing.
+        let written = rt::timeout(WRITE_TIMEOUT, async {
+            self.stream.write_all(&self.out).await?;
+            self.stream.flush().await
+        })
+        .await;
         self.out.clear();
         if self.out.capacity() > 4 * WRITE_CHUNK {
             self.out = Vec::with_capacity(256);

@@ -56,6 +56,8 @@ pub struct Message {
 pub struct Settings {
     /// Whether USER/PASS and APOP may be used on this connection (TLS, loopback, or allowed).
     pub plaintext_auth: bool,
+    /// Whether STLS is offered: a certificate is configured and the connection is plain.
+    pub stls: bool,
     /// The `<timestamp@host>` of the greeting when APOP is enabled.
     pub apop_banner: Option<String>,
     /// Failed logins before the connection is closed.
@@ -68,6 +70,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             plaintext_auth: true,
+            stls: false,
             apop_banner: None,
             max_auth_failures: 3,
             max_bad_commands: 20,
@@ -110,6 +113,9 @@ pub enum Effect {
         index: usize,
         top_lines: Option<u64>,
     },
+    /// STLS was accepted: write the output, run the TLS handshake, drop any plaintext the
+    /// client sent after STLS (RFC 2595 §2.2), then call `tls_started`.
+    StartTls,
     /// QUIT: apply the update for these 0-based indices, then call `update_finished`.
     Update { marked: Vec<usize>, mode: Mode },
 }
@@ -319,6 +325,14 @@ impl Session {
         }
     }
 
+    /// The TLS handshake after STLS succeeded: the session starts over in AUTHORIZATION, and
+    /// plaintext logins are now safe (RFC 2595 §4).
+    pub fn tls_started(&mut self) {
+        self.settings.stls = false;
+        self.settings.plaintext_auth = true;
+        self.state = State::Authorization { user: None };
+    }
+
     /// The credentials were good and the maildrop is open: enter TRANSACTION.
     pub fn logged_in(&mut self, messages: Vec<Message>, mode: Mode, out: &mut Vec<u8>) {
         let drop = Maildrop::new(messages, mode);
@@ -450,8 +464,14 @@ fn authorization(
             response::ok(out, "Logging out");
             return Ok(Effect::Close);
         }
+        Command::Stls if settings.stls => {
+            *user = None;
+            response::ok(out, "Begin TLS negotiation");
+            return Ok(Effect::StartTls);
+        }
+        Command::Stls => return Err("STLS is not available on this connection".into()),
         Command::User(_) | Command::Pass(_) | Command::Apop { .. } if !settings.plaintext_auth => {
-            refuse_plaintext(out)
+            refuse_plaintext(settings, out)
         }
         Command::User(name) => {
             *user = Some(name.to_owned());
@@ -485,6 +505,9 @@ fn capa(settings: &Settings, mode: Option<Mode>, out: &mut Vec<u8>) {
     for cap in ["TOP", "UIDL", "RESP-CODES", "PIPELINING", "AUTH-RESP-CODE"] {
         response::line(out, cap);
     }
+    if settings.stls && mode.is_none() {
+        response::line(out, "STLS");
+    }
     if settings.plaintext_auth && mode.is_none() {
         response::line(out, "USER");
     }
@@ -497,11 +520,18 @@ fn capa(settings: &Settings, mode: Option<Mode>, out: &mut Vec<u8>) {
     response::end(out);
 }
 
-fn refuse_plaintext(out: &mut Vec<u8>) {
+fn refuse_plaintext(settings: &Settings, out: &mut Vec<u8>) {
+    let advice = if settings.stls {
+        "; use STLS first"
+    } else {
+        "; connect with TLS"
+    };
     response::err(
         out,
         Some(Code::Auth),
-        "Plaintext authentication is not allowed on an unencrypted connection; use STLS",
+        format_args!(
+            "Plaintext authentication is not allowed on an unencrypted connection{advice}"
+        ),
     );
 }
 

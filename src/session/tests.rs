@@ -10,7 +10,7 @@ use super::*;
 const SIZES: [u64; 3] = [100, 200, 300];
 
 const PLAINTEXT_REFUSED: &str = "-ERR [AUTH] Plaintext authentication is not allowed on an \
-                                 unencrypted connection; use STLS\r\n";
+                                 unencrypted connection; connect with TLS\r\n";
 const NOT_BEFORE_LOGIN: &str = "-ERR Not allowed before login: log in with USER and PASS\r\n";
 const NOT_NOW: &str = "-ERR Command not allowed now\r\n";
 const ALREADY_LOGGED_IN: &str = "-ERR Already logged in\r\n";
@@ -1151,7 +1151,7 @@ fn malformed_lines_are_refused_in_every_state() {
         (b"STAT\rX", "-ERR Bare CR in command line\r\n"),
         (b"\xff\xfeSTAT", "-ERR Command line is not valid UTF-8\r\n"),
         (b"HELO example.com", "-ERR Unknown command: HELO\r\n"),
-        (b"STLS", "-ERR Unknown command: STLS\r\n"),
+        (b"XTND XLST", "-ERR Unknown command: XTND\r\n"),
     ];
     let sessions = [
         start(Settings::default()),
@@ -1556,6 +1556,7 @@ fn random_command_lines_never_break_the_protocol() {
     for session_no in 0..400 {
         let settings = Settings {
             plaintext_auth: rng.percent(85),
+            stls: rng.percent(50),
             apop_banner: rng.percent(50).then(|| "<1.2@test>".to_string()),
             max_auth_failures: 1 + rng.below(4) as u32,
             max_bad_commands: 1 + rng.below(40) as u32,
@@ -1747,6 +1748,11 @@ fn random_command_lines_never_break_the_protocol() {
                     updates += 1;
                     assert!(!session.is_logged_in());
                     break 'session;
+                }
+                Effect::StartTls => {
+                    assert_eq!(text(&out), "+OK Begin TLS negotiation\r\n", "{context}");
+                    session.tls_started();
+                    phase = Phase::LoggedOut;
                 }
             }
         }

@@ -15,7 +15,10 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_pop3d");
 /// A running `pop3d serve`, killed and cleaned up when dropped.
 pub struct Server {
     child: Child,
+    /// The plain POP3 listener.
     pub addr: SocketAddr,
+    /// The implicit-TLS listener, when started with `--listen-tls 127.0.0.1:0`.
+    pub tls_addr: Option<SocketAddr>,
     pub root: tempfile::TempDir,
     log: Arc<Mutex<String>>,
     args: Vec<String>,
@@ -54,10 +57,11 @@ impl Server {
         .chain(extra)
         .map(|s| s.to_string())
         .collect();
-        let (child, addr, log) = spawn(&args);
+        let (child, (addr, tls_addr), log) = spawn(&args);
         Server {
             child,
             addr,
+            tls_addr,
             root,
             log,
             args,
@@ -68,15 +72,19 @@ impl Server {
     pub fn crash_and_restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, addr, log) = spawn(&self.args);
+        let (child, (addr, tls_addr), log) = spawn(&self.args);
         self.child = child;
         self.addr = addr;
+        self.tls_addr = tls_addr;
         self.log = log;
     }
 }
 
-/// Starts `pop3d ARGS` and waits for its "listening on" line.
-fn spawn(args: &[String]) -> (Child, SocketAddr, Arc<Mutex<String>>) {
+/// The plain and the implicit-TLS address a daemon listens on.
+type Listening = (SocketAddr, Option<SocketAddr>);
+
+/// Starts `pop3d ARGS` and waits until it logs "ready", collecting its listeners.
+fn spawn(args: &[String]) -> (Child, Listening, Arc<Mutex<String>>) {
     let mut child = Command::new(BIN)
         .args(args)
         .env("RUST_LOG", "debug")
@@ -90,25 +98,33 @@ fn spawn(args: &[String]) -> (Child, SocketAddr, Arc<Mutex<String>>) {
     let (tx, rx) = std::sync::mpsc::channel();
     let sink = log.clone();
     std::thread::spawn(move || {
+        let (mut plain, mut tls) = (None, None);
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(rest) = line.split("listening on ").nth(1) {
-                let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
-                let _ = tx.send(addr);
+                let addr: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
+                if rest.contains("implicit TLS") {
+                    tls.get_or_insert(addr);
+                } else {
+                    plain.get_or_insert(addr);
+                }
+            }
+            if line.ends_with("] ready") {
+                let _ = tx.send((plain.expect("a plain listener"), tls));
             }
             let mut log = sink.lock().unwrap();
             log.push_str(&line);
             log.push('\n');
         }
     });
-    let addr = match rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(addr) => addr.parse().expect("listen address"),
+    let listening = match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(listening) => listening,
         Err(_) => {
             let _ = child.kill();
             let _ = child.wait();
             panic!("pop3d did not start: {}", log.lock().unwrap());
         }
     };
-    (child, addr, log)
+    (child, listening, log)
 }
 
 impl Server {
