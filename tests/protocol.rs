@@ -557,3 +557,55 @@ fn md5_hex(data: &[u8]) -> String {
         .unwrap()
         .to_owned()
 }
+
+#[test]
+fn a_hidden_set_that_cannot_be_written_is_reported_and_loses_nothing() {
+    let server = Server::start(USERS, &[]);
+    fill(&server, "bob", 2);
+    let mut c = server.login("bob", "pw");
+    c.ok("DELE 1");
+    // A directory where the state file should go makes the atomic rename fail, even as root.
+    std::fs::create_dir_all(server.maildir("bob").join("pop3d-hidden/blocker")).unwrap();
+    let reply = c.err("QUIT");
+    assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{reply}");
+    assert_eq!(messages_on_disk(&server.maildir("bob")).len(), 2);
+    assert!(server.wait_for_log("cannot record hidden messages"));
+    // Nothing was hidden: the next session offers both again.
+    std::fs::remove_dir_all(server.maildir("bob").join("pop3d-hidden")).unwrap();
+    let mut c = server.login("bob", "pw");
+    assert!(c.ok("STAT").starts_with("+OK 2 "));
+}
+
+#[test]
+fn concurrent_sessions_of_one_device_merge_their_hidden_sets() {
+    let server = Server::start(USERS, &[]);
+    fill(&server, "bob", 3);
+    let mut a = server.login("bob+tablet", "pw");
+    let mut b = server.login("bob+tablet", "pw");
+    a.ok("DELE 1");
+    b.ok("DELE 2");
+    a.ok("QUIT");
+    b.ok("QUIT");
+    a.read_to_end();
+    b.read_to_end();
+    let mut c = server.login("bob+tablet", "pw");
+    assert!(
+        c.ok("STAT").starts_with("+OK 1 "),
+        "both sessions' DELEs are remembered"
+    );
+    assert_eq!(messages_on_disk(&server.maildir("bob")).len(), 3);
+}
+
+#[test]
+fn new_maildirs_and_state_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = Server::start(USERS, &[]);
+    let mut c = server.login("bob", "pw");
+    c.ok("QUIT");
+    c.read_to_end();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for sub in ["", "cur", "new", "tmp"] {
+        assert_eq!(mode(&server.maildir("bob").join(sub)), 0o700, "{sub}");
+    }
+    assert_eq!(mode(&server.maildir("bob").join("pop3d.lock")), 0o600);
+}

@@ -11,6 +11,7 @@ pub mod template;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::protocol::body::WireSize;
@@ -74,9 +75,14 @@ impl Mailbox {
         mode: Mode,
         device: Option<&str>,
     ) -> Result<(Mailbox, Vec<Message>), OpenError> {
+        // A new Maildir is private to its user, as MDAs and Dovecot create them.
+        let mut builder = fs::DirBuilder::new();
+        builder.recursive(true).mode(0o700);
         for sub in ["cur", "new", "tmp"] {
-            fs::create_dir_all(dir.join(sub))
-                .map_err(io_context(format!("creating {}", dir.join(sub).display())))?;
+            let path = dir.join(sub);
+            builder
+                .create(&path)
+                .map_err(io_context(format!("creating {}", path.display())))?;
         }
         let lock =
             state::open_lock(dir, state::LOCK).map_err(io_context("opening the lock file"))?;

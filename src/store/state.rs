@@ -11,6 +11,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub const LOCK: &str = "pop3d.lock";
@@ -36,6 +37,7 @@ pub fn open_lock(dir: &Path, name: &str) -> io::Result<File> {
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
         .open(dir.join(name))
 }
 
@@ -86,7 +88,13 @@ pub fn write_atomic<T: std::fmt::Display>(
     tmp_name.push(format!(".tmp.{}", std::process::id()));
     let tmp = PathBuf::from(tmp_name);
     let result = (|| {
-        let mut out = io::BufWriter::new(File::create(&tmp)?);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        let mut out = io::BufWriter::new(file);
         for line in lines {
             writeln!(out, "{line}")?;
         }
