@@ -413,7 +413,7 @@ fn user_names_that_could_escape_the_template_are_refused() {
     let mut c = server.connect();
     c.ok("USER ../evil");
     let reply = c.err("PASS x");
-    assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{reply}");
+    assert!(reply.starts_with("-ERR [SYS/PERM]"), "{reply}");
     assert!(!server.root.path().join("evil").exists());
     assert!(!server.root.path().join("mail/evil").exists());
 }
@@ -608,4 +608,25 @@ fn new_maildirs_and_state_files_are_private() {
         assert_eq!(mode(&server.maildir("bob").join(sub)), 0o700, "{sub}");
     }
     assert_eq!(mode(&server.maildir("bob").join("pop3d.lock")), 0o600);
+}
+
+#[test]
+fn a_client_may_log_in_again_as_soon_as_quit_is_answered() {
+    let server = Server::start(USERS, &[]);
+    fill(&server, "alice", 2);
+    for round in 0..30 {
+        let mut c = server.login("alice", "secret");
+        if round % 2 == 0 {
+            c.ok("DELE 1");
+            c.ok("RSET");
+        } else {
+            c.ok("DELE 2");
+        }
+        // No wait for the close: the lock must already be free when +OK arrives.
+        let quit = c.cmd("QUIT");
+        assert!(quit.starts_with("+OK"), "round {round}: {quit}");
+        if round % 2 == 1 {
+            deliver(&server.maildir("alice"), 1_700_000_100 + round, &sample(round as usize));
+        }
+    }
 }

@@ -221,7 +221,12 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
     async fn apply(&mut self, effect: Effect) -> Result<Option<End>, End> {
         match effect {
             Effect::None => {}
-            Effect::Close => return Ok(Some(End::Closed)),
+            Effect::Close => {
+                // Unlock before the last reply goes out, so a client that logs in again at
+                // once is not told the mailbox is in use.
+                self.mailbox = None;
+                return Ok(Some(End::Closed));
+            }
             Effect::StartTls => return Ok(Some(End::StartTls)),
             Effect::Authenticate { user, credential } => {
                 match self.log_in(user, credential).await {
@@ -242,6 +247,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 let Some(mut mailbox) = self.mailbox.take() else {
                     return Err(End::Error("update without a mailbox".into()));
                 };
+                // The mailbox, and with it the lock, is dropped before the reply is written.
                 let result = rt::unblock(move || mailbox.update(&marked)).await;
                 self.session.update_finished(result, &mut self.out);
                 return Ok(Some(End::Quit));
@@ -292,7 +298,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         )
         .map_err(|e| {
             log::error!("user {:?}: {e}", entry.name);
-            LoginFailure::System("Mailbox is not available".into())
+            LoginFailure::Misconfigured(
+                "Mailbox is not available; contact the administrator".into(),
+            )
         })?;
         let opened = rt::unblock(move || Mailbox::open(&dir, mode, device.as_deref())).await;
         match opened {

@@ -127,8 +127,11 @@ pub enum LoginFailure {
     BadCredentials,
     /// Another session holds the maildrop (RFC 2449 [IN-USE]).
     InUse,
-    /// A server-side failure (RFC 3206 [SYS/TEMP]); the text is for the client.
+    /// A server-side failure that may pass (RFC 3206 [SYS/TEMP]); the text is for the client.
     System(String),
+    /// A server-side failure that needs an administrator (RFC 3206 [SYS/PERM]), such as a
+    /// user whose Maildir location can't be worked out.
+    Misconfigured(String),
 }
 
 /// What QUIT's update achieved.
@@ -369,6 +372,7 @@ impl Session {
                 "Mailbox is in use by another session; try again later",
             ),
             LoginFailure::System(text) => response::err(out, Some(Code::SysTemp), text),
+            LoginFailure::Misconfigured(text) => response::err(out, Some(Code::SysPerm), text),
         }
         Effect::None
     }

@@ -11,6 +11,8 @@ const SIZES: [u64; 3] = [100, 200, 300];
 
 const PLAINTEXT_REFUSED: &str = "-ERR [AUTH] Plaintext authentication is not allowed on an \
                                  unencrypted connection; connect with TLS\r\n";
+const PLAINTEXT_REFUSED_USE_STLS: &str = "-ERR [AUTH] Plaintext authentication is not allowed on \
+                                          an unencrypted connection; use STLS first\r\n";
 const NOT_BEFORE_LOGIN: &str = "-ERR Not allowed before login: log in with USER and PASS\r\n";
 const NOT_NOW: &str = "-ERR Command not allowed now\r\n";
 const ALREADY_LOGGED_IN: &str = "-ERR Already logged in\r\n";
@@ -55,6 +57,15 @@ fn start(settings: Settings) -> Session {
 fn no_plaintext() -> Settings {
     Settings {
         plaintext_auth: false,
+        ..Settings::default()
+    }
+}
+
+/// A plain connection on a server with a certificate: STLS offered, plaintext logins refused.
+fn stls_offered() -> Settings {
+    Settings {
+        plaintext_auth: false,
+        stls: true,
         ..Settings::default()
     }
 }
@@ -217,13 +228,22 @@ fn capa_after_login_shows_the_mode_and_not_user() {
 }
 
 #[test]
-fn capa_never_offers_stls_or_sasl_yet() {
+fn capa_offers_stls_only_when_enabled_and_never_sasl() {
     let sessions = [
         start(Settings::default()),
         start(no_plaintext()),
         start(with_apop()),
         logged_in_session(&SIZES, Mode::Delete),
         logged_in_session(&[], Mode::Keep),
+        // Once logged in, STLS is no longer offered even where it was before.
+        logged_in_with(
+            Settings {
+                stls: true,
+                ..Settings::default()
+            },
+            &SIZES,
+            Mode::Delete,
+        ),
     ];
     for mut session in sessions {
         let capa = reply(&mut session, "CAPA");
@@ -234,6 +254,31 @@ fn capa_never_offers_stls_or_sasl_yet() {
             assert!(!line.starts_with("LOGIN-DELAY"), "{capa:?}");
         }
     }
+}
+
+#[test]
+fn capa_before_login_lists_stls_when_offered() {
+    let mut session = start(stls_offered());
+    assert_eq!(
+        reply(&mut session, "CAPA"),
+        "+OK Capability list follows\r\n\
+         TOP\r\n\
+         UIDL\r\n\
+         RESP-CODES\r\n\
+         PIPELINING\r\n\
+         AUTH-RESP-CODE\r\n\
+         STLS\r\n\
+         EXPIRE NEVER\r\n\
+         IMPLEMENTATION pop3d\r\n\
+         .\r\n"
+    );
+    // Both where plaintext is allowed anyway (e.g. loopback).
+    let mut session = start(Settings {
+        stls: true,
+        ..Settings::default()
+    });
+    let capa = reply(&mut session, "CAPA");
+    assert!(capa.contains("\r\nSTLS\r\nUSER\r\n"), "{capa:?}");
 }
 
 #[test]
@@ -450,6 +495,108 @@ fn transaction_commands_are_refused_before_login() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// STLS (RFC 2595 §4)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn stls_is_refused_when_not_offered() {
+    for settings in [Settings::default(), no_plaintext(), with_apop()] {
+        let mut session = start(settings);
+        assert_eq!(
+            reply(&mut session, "STLS"),
+            "-ERR STLS is not available on this connection\r\n"
+        );
+    }
+}
+
+#[test]
+fn plaintext_refusal_points_to_stls_when_offered() {
+    let mut session = start(stls_offered());
+    assert_eq!(
+        reply(&mut session, "USER alice"),
+        PLAINTEXT_REFUSED_USE_STLS
+    );
+    assert_eq!(
+        reply(&mut session, "PASS secret"),
+        PLAINTEXT_REFUSED_USE_STLS
+    );
+    assert_eq!(
+        reply(&mut session, "APOP alice 0123abcd"),
+        PLAINTEXT_REFUSED_USE_STLS
+    );
+}
+
+#[test]
+fn stls_starts_tls_then_plaintext_logins_are_allowed() {
+    let mut session = start(stls_offered());
+    assert_eq!(
+        run(&mut session, "stls"),
+        (Effect::StartTls, "+OK Begin TLS negotiation\r\n".into())
+    );
+    assert!(!session.is_logged_in());
+    session.tls_started();
+    // Over TLS: USER is offered, STLS is not, and a second STLS is refused.
+    assert_eq!(
+        reply(&mut session, "CAPA"),
+        "+OK Capability list follows\r\n\
+         TOP\r\n\
+         UIDL\r\n\
+         RESP-CODES\r\n\
+         PIPELINING\r\n\
+         AUTH-RESP-CODE\r\n\
+         USER\r\n\
+         EXPIRE NEVER\r\n\
+         IMPLEMENTATION pop3d\r\n\
+         .\r\n"
+    );
+    assert_eq!(
+        reply(&mut session, "STLS"),
+        "-ERR STLS is not available on this connection\r\n"
+    );
+    assert_eq!(reply(&mut session, "USER alice"), "+OK Send PASS\r\n");
+    assert_eq!(
+        run(&mut session, "PASS secret"),
+        (password_login("alice", "secret"), String::new())
+    );
+    let ((), out) = capture(|out| session.logged_in(messages(&SIZES), Mode::Keep, out));
+    assert_eq!(out, "+OK Logged in, 3 messages (600 octets), keep mode\r\n");
+}
+
+#[test]
+fn stls_forgets_a_user_sent_in_plaintext() {
+    let mut session = start(Settings {
+        stls: true,
+        ..Settings::default()
+    });
+    assert_eq!(reply(&mut session, "USER alice"), "+OK Send PASS\r\n");
+    assert_eq!(run(&mut session, "STLS").0, Effect::StartTls);
+    session.tls_started();
+    assert_eq!(
+        reply(&mut session, "PASS secret"),
+        "-ERR Send USER first\r\n"
+    );
+}
+
+#[test]
+fn stls_takes_no_argument_and_is_refused_after_login() {
+    let mut session = start(stls_offered());
+    assert_eq!(
+        reply(&mut session, "STLS now"),
+        "-ERR Too many arguments for STLS\r\n"
+    );
+    let mut session = logged_in_with(
+        Settings {
+            stls: true,
+            ..Settings::default()
+        },
+        &SIZES,
+        Mode::Delete,
+    );
+    assert_eq!(reply(&mut session, "STLS"), ALREADY_LOGGED_IN);
+    assert!(session.is_logged_in());
+}
+
+// ---------------------------------------------------------------------------------------------
 // login_failed
 // ---------------------------------------------------------------------------------------------
 
@@ -573,6 +720,14 @@ fn system_failure_gets_sys_temp_code_and_does_not_count_as_a_failure() {
                 "-ERR [SYS/TEMP] Cannot open the mailbox\r\n".into()
             )
         );
+        reply(&mut session, "USER alice");
+        run(&mut session, "PASS secret");
+        assert_eq!(
+            capture(
+                |out| session.login_failed(LoginFailure::Misconfigured("No Maildir".into()), out)
+            ),
+            (Effect::None, "-ERR [SYS/PERM] No Maildir\r\n".into())
+        );
     }
     // The first real bad password still closes (max_auth_failures is 1).
     reply(&mut session, "USER alice");
@@ -581,6 +736,23 @@ fn system_failure_gets_sys_temp_code_and_does_not_count_as_a_failure() {
         capture(|out| session.login_failed(LoginFailure::BadCredentials, out)).0,
         Effect::Close
     );
+}
+
+#[test]
+fn misconfiguration_gets_sys_perm_code_and_does_not_count_as_a_failure() {
+    let mut session = authenticating(Settings {
+        max_auth_failures: 1,
+        ..Settings::default()
+    });
+    let failure = LoginFailure::Misconfigured("Mailbox is not available".into());
+    assert_eq!(
+        capture(|out| session.login_failed(failure, out)),
+        (
+            Effect::None,
+            "-ERR [SYS/PERM] Mailbox is not available\r\n".into()
+        )
+    );
+    assert_eq!(reply(&mut session, "USER alice"), "+OK Send PASS\r\n");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1339,7 +1511,7 @@ fn plaintext_refusals_are_not_bad_commands() {
 // Pending effects
 // ---------------------------------------------------------------------------------------------
 
-const ALL_COMMANDS: [&str; 14] = [
+const ALL_COMMANDS: [&str; 15] = [
     "USER bob",
     "PASS pw",
     "APOP bob 0123",
@@ -1354,11 +1526,15 @@ const ALL_COMMANDS: [&str; 14] = [
     "TOP 1 1",
     "UIDL",
     "CAPA",
+    "STLS",
 ];
 
 #[test]
 fn no_command_runs_while_authenticating() {
-    let mut session = authenticating(with_apop());
+    let mut session = authenticating(Settings {
+        stls: true,
+        ..with_apop()
+    });
     for line in ALL_COMMANDS {
         assert_eq!(reply(&mut session, line), NOT_NOW, "{line}");
     }
@@ -1459,7 +1635,7 @@ fn random_line(rng: &mut XorShift, logged_out: bool) -> Vec<u8> {
     // Half the time a plausible command, so sessions get logged in and do real work.
     if rng.percent(50) {
         if logged_out {
-            let line = *rng.pick(&["USER alice", "PASS secret", "APOP alice 0123abcd"]);
+            let line = *rng.pick(&["USER alice", "PASS secret", "APOP alice 0123abcd", "STLS"]);
             return line.as_bytes().to_vec();
         }
         let n = rng.below(7);
@@ -1553,6 +1729,7 @@ fn random_command_lines_never_break_the_protocol() {
     let mut logins = 0;
     let mut sends = 0;
     let mut updates = 0;
+    let mut starttls = 0;
     for session_no in 0..400 {
         let settings = Settings {
             plaintext_auth: rng.percent(85),
@@ -1672,6 +1849,7 @@ fn random_command_lines_never_break_the_protocol() {
                                 LoginFailure::BadCredentials,
                                 LoginFailure::InUse,
                                 LoginFailure::System("Cannot open the mailbox".into()),
+                                LoginFailure::Misconfigured("Mailbox is not available".into()),
                             ])
                             .clone();
                         let effect = session.login_failed(failure, &mut out);
@@ -1750,7 +1928,9 @@ fn random_command_lines_never_break_the_protocol() {
                     break 'session;
                 }
                 Effect::StartTls => {
+                    assert_eq!(phase, Phase::LoggedOut, "{context}");
                     assert_eq!(text(&out), "+OK Begin TLS negotiation\r\n", "{context}");
+                    starttls += 1;
                     session.tls_started();
                     phase = Phase::LoggedOut;
                 }
@@ -1762,4 +1942,5 @@ fn random_command_lines_never_break_the_protocol() {
     assert!(logins > 100, "{logins}");
     assert!(sends > 50, "{sends}");
     assert!(updates > 10, "{updates}");
+    assert!(starttls > 10, "{starttls}");
 }
