@@ -626,7 +626,11 @@ fn a_client_may_log_in_again_as_soon_as_quit_is_answered() {
         let quit = c.cmd("QUIT");
         assert!(quit.starts_with("+OK"), "round {round}: {quit}");
         if round % 2 == 1 {
-            deliver(&server.maildir("alice"), 1_700_000_100 + round, &sample(round as usize));
+            deliver(
+                &server.maildir("alice"),
+                1_700_000_100 + round,
+                &sample(round as usize),
+            );
         }
     }
 }

@@ -36,6 +36,11 @@ pub fn ok(out: &mut Vec<u8>, text: impl fmt::Display) {
     let _ = write!(out, "+OK {text}\r\n");
 }
 
+/// Appends a bare `+OK\r\n`, for replies with nothing to say (NOOP).
+pub fn ok_bare(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"+OK\r\n");
+}
+
 /// Appends `-ERR [CODE] text\r\n`.
 pub fn err(out: &mut Vec<u8>, code: Option<Code>, text: impl fmt::Display) {
     let _ = match code {
@@ -62,13 +67,14 @@ mod tests {
     fn formats_status_lines() {
         let mut out = Vec::new();
         ok(&mut out, "2 320");
+        ok_bare(&mut out);
         err(&mut out, Some(Code::InUse), "Mailbox is locked");
         err(&mut out, None, "No such message");
         line(&mut out, "1 120");
         end(&mut out);
         assert_eq!(
             out,
-            b"+OK 2 320\r\n-ERR [IN-USE] Mailbox is locked\r\n-ERR No such message\r\n1 120\r\n.\r\n"
+            b"+OK 2 320\r\n+OK\r\n-ERR [IN-USE] Mailbox is locked\r\n-ERR No such message\r\n1 120\r\n.\r\n"
         );
     }
 }

@@ -257,6 +257,7 @@ impl Session {
     pub fn mode(&self) -> Option<Mode> {
         match &self.state {
             State::Transaction(drop) => Some(drop.mode),
+            State::Update(mode) => Some(*mode),
             _ => None,
         }
     }
@@ -445,7 +446,7 @@ impl Session {
             Err(text) => response::err(
                 out,
                 Some(Code::SysTemp),
-                format_args!("{text}; no message was removed"),
+                format_args!("{text}; every message stays on the server"),
             ),
         }
     }
@@ -651,7 +652,7 @@ fn message_command<'a>(
                 format_args!("{} messages ({} octets)", drop.live_count, drop.live_octets),
             );
         }
-        Command::Noop => response::ok(out, ""),
+        Command::Noop => response::ok_bare(out),
         Command::Quit => {
             let marked = drop.marked();
             if marked.is_empty() {

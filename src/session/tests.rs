@@ -862,7 +862,7 @@ fn uidl_all_and_uidl_one() {
 fn noop_says_ok() {
     let mut session = logged_in_session(&SIZES, Mode::Delete);
     // Empty text after the status (RFC 2449 allows `+OK SP` with empty text).
-    assert_eq!(reply(&mut session, "NOOP"), "+OK \r\n");
+    assert_eq!(reply(&mut session, "NOOP"), "+OK\r\n");
     assert_eq!(
         reply(&mut session, "NOOP 1"),
         "-ERR Too many arguments for NOOP\r\n"
@@ -1256,7 +1256,7 @@ fn update_finished_with_an_error() {
     let ((), out) = capture(|out| session.update_finished(Err("Maildir is read-only".into()), out));
     assert_eq!(
         out,
-        "-ERR [SYS/TEMP] Maildir is read-only; no message was removed\r\n"
+        "-ERR [SYS/TEMP] Maildir is read-only; every message stays on the server\r\n"
     );
     assert_eq!(session.stats().done, 0);
     assert_eq!(session.stats().marked, 2);
