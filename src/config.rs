@@ -34,6 +34,14 @@ pub struct Config {
     /// Pause before answering a failed login, to slow down password guessing.
     pub auth_failure_delay: Duration,
     pub max_connections: usize,
+    /// Most connections open at once from one address.
+    pub max_connections_per_ip: usize,
+    /// Most logged-in sessions of one user from one address.
+    pub max_sessions_per_user_ip: usize,
+    /// The longest the pause after failed logins grows to.
+    pub auth_failure_delay_max: Duration,
+    /// Least time between two logins of the same login name (RFC 2449 LOGIN-DELAY).
+    pub login_delay: Option<Duration>,
     /// Host name for the APOP banner.
     pub hostname: String,
 }
@@ -65,6 +73,12 @@ pub struct FileConfig {
     #[serde(default, with = "humantime_serde_opt")]
     pub auth_failure_delay: Option<Duration>,
     pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
+    pub max_sessions_per_user_ip: Option<usize>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub auth_failure_delay_max: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub login_delay: Option<Duration>,
     pub hostname: Option<String>,
 }
 
@@ -136,6 +150,22 @@ impl FileConfig {
                 .max_connections
                 .or(self.max_connections)
                 .unwrap_or(1000),
+            max_connections_per_ip: flags
+                .max_connections_per_ip
+                .or(self.max_connections_per_ip)
+                .unwrap_or(50),
+            max_sessions_per_user_ip: flags
+                .max_sessions_per_user_ip
+                .or(self.max_sessions_per_user_ip)
+                .unwrap_or(10),
+            auth_failure_delay_max: flags
+                .auth_failure_delay_max
+                .or(self.auth_failure_delay_max)
+                .unwrap_or(Duration::from_secs(15)),
+            login_delay: flags
+                .login_delay
+                .or(self.login_delay)
+                .filter(|d| !d.is_zero()),
             hostname: flags
                 .hostname
                 .or(self.hostname)
@@ -150,8 +180,11 @@ impl FileConfig {
         if !config.listen_tls.is_empty() && config.tls.is_none() {
             return Err("--listen-tls needs --tls-cert and --tls-key".into());
         }
-        if config.max_connections == 0 {
-            return Err("max_connections must be at least 1".into());
+        if config.max_connections == 0
+            || config.max_connections_per_ip == 0
+            || config.max_sessions_per_user_ip == 0
+        {
+            return Err("connection and session limits must be at least 1".into());
         }
         if config.idle_timeout < MIN_IDLE_TIMEOUT {
             log::warn!(

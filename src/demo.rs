@@ -48,6 +48,10 @@ pub fn run(listen: SocketAddr, listen_tls: SocketAddr) -> Result<(), String> {
         idle_timeout: Duration::from_secs(600),
         auth_failure_delay: Duration::from_secs(2),
         max_connections: 100,
+        max_connections_per_ip: 100,
+        max_sessions_per_user_ip: 10,
+        auth_failure_delay_max: Duration::from_secs(15),
+        login_delay: None,
         hostname: "localhost".into(),
     };
     crate::server::run(config, |plain, implicit| {

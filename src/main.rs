@@ -20,7 +20,7 @@ struct Cli {
 #[derive(FromArgs)]
 #[argh(subcommand)]
 enum Command {
-    Serve(Serve),
+    Serve(Box<Serve>),
     Demo(Demo),
     HashPassword(HashPassword),
 }
@@ -65,12 +65,24 @@ struct Serve {
     /// idle time allowed after login (default 10m, the RFC 1939 minimum)
     #[argh(option)]
     idle_timeout: Option<humantime::Duration>,
-    /// pause before answering a failed login (default 2s)
+    /// pause before answering a first failed login; doubles per failure from an address (default 2s)
     #[argh(option)]
     auth_failure_delay: Option<humantime::Duration>,
     /// most connections served at once (default 1000)
     #[argh(option)]
     max_connections: Option<usize>,
+    /// most connections from one address (default 50)
+    #[argh(option)]
+    max_connections_per_ip: Option<usize>,
+    /// most logged-in sessions of one user from one address (default 10)
+    #[argh(option)]
+    max_sessions_per_user_ip: Option<usize>,
+    /// longest pause after repeated failed logins from one address (default 15s)
+    #[argh(option)]
+    auth_failure_delay_max: Option<humantime::Duration>,
+    /// least time between two logins of one login name, announced as LOGIN-DELAY (default none)
+    #[argh(option)]
+    login_delay: Option<humantime::Duration>,
     /// host name in the APOP banner (default: the system's)
     #[argh(option)]
     hostname: Option<String>,
@@ -101,7 +113,7 @@ fn main() -> ExitCode {
     let cli: Cli = argh::from_env();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let result = match cli.command {
-        Command::Serve(serve) => run_serve(serve),
+        Command::Serve(serve) => run_serve(*serve),
         Command::Demo(demo) => pop3d::demo::run(demo.listen, demo.listen_tls),
         Command::HashPassword(args) => run_hash_password(args.scheme),
     };
@@ -134,6 +146,10 @@ fn run_serve(args: Serve) -> Result<(), String> {
         idle_timeout: args.idle_timeout.map(Into::into),
         auth_failure_delay: args.auth_failure_delay.map(Into::into),
         max_connections: args.max_connections,
+        max_connections_per_ip: args.max_connections_per_ip,
+        max_sessions_per_user_ip: args.max_sessions_per_user_ip,
+        auth_failure_delay_max: args.auth_failure_delay_max.map(Into::into),
+        login_delay: args.login_delay.map(Into::into),
         hostname: args.hostname,
     };
     let config = file.merge(flags)?;

@@ -4,12 +4,13 @@
 //! waiting (or the buffer is large), so pipelined commands cost one write, not one per line.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::limits::Slot;
 use super::{Shared, rt, tls};
 use crate::auth;
 use crate::protocol::body::BodyEncoder;
@@ -59,6 +60,17 @@ struct Connection<'a, S> {
     mailbox: Option<Mailbox>,
     /// The login name and mode of the session, once logged in.
     login: Option<(String, Mode)>,
+    /// This session's place among its user's sessions from this address.
+    session_slot: Option<Slot<(String, IpAddr)>>,
+}
+
+/// What a successful login hands to the connection.
+struct LoggedIn {
+    mailbox: Mailbox,
+    messages: Vec<Message>,
+    mode: Mode,
+    login: String,
+    slot: Slot<(String, IpAddr)>,
 }
 
 /// Serves one client: plain (offering STLS when a certificate is loaded), or TLS from the
@@ -79,6 +91,7 @@ pub async fn serve(
             || peer.ip().to_canonical().is_loopback(),
         stls: acceptor.is_some() && !implicit_tls,
         apop_banner: config.enable_apop.then(|| apop_banner(&config.hostname)),
+        login_delay: config.login_delay.map(|d| d.as_secs().max(1)),
         ..Settings::default()
     };
     if implicit_tls {
@@ -157,6 +170,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             session,
             mailbox: None,
             login: None,
+            session_slot: None,
         }
     }
 
@@ -171,6 +185,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             session,
             mailbox: None,
             login: None,
+            session_slot: None,
         }
     }
 
@@ -230,9 +245,16 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             Effect::StartTls => return Ok(Some(End::StartTls)),
             Effect::Authenticate { user, credential } => {
                 match self.log_in(user, credential).await {
-                    Ok((mailbox, messages, mode, login)) => {
+                    Ok(LoggedIn {
+                        mailbox,
+                        messages,
+                        mode,
+                        login,
+                        slot,
+                    }) => {
                         self.mailbox = Some(mailbox);
                         self.login = Some((login, mode));
+                        self.session_slot = Some(slot);
                         self.session.logged_in(messages, mode, &mut self.out);
                     }
                     Err(failure) => {
@@ -262,8 +284,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         &mut self,
         login: String,
         credential: Credential,
-    ) -> Result<(Mailbox, Vec<Message>, Mode, String), LoginFailure> {
+    ) -> Result<LoggedIn, LoginFailure> {
         let shared = self.shared;
+        let ip = self.peer.ip().to_canonical();
         let verified = {
             let _permit = shared.hashing.acquire().await;
             let users = shared.users();
@@ -282,9 +305,20 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             .await
         };
         let Some((entry, device)) = verified else {
-            log::warn!("login failed: user={login:?} addr={}", self.peer.ip());
-            rt::sleep(shared.config.auth_failure_delay).await;
+            log::warn!("login failed: user={login:?} addr={ip}");
+            // Each failure from this address makes the next answer slower; other clients
+            // are not slowed, since only this connection waits.
+            rt::sleep(shared.limits.failed_login(ip, Instant::now())).await;
             return Err(LoginFailure::BadCredentials);
+        };
+        shared.limits.succeeded_login(ip);
+        if let Err(seconds) = shared.limits.login_delay(&login, Instant::now()) {
+            log::info!("login refused, too soon (LOGIN-DELAY): user={login:?} addr={ip}");
+            return Err(LoginFailure::TooSoon(seconds));
+        }
+        let Some(slot) = shared.limits.session(&entry.name, ip) else {
+            log::warn!("login refused, too many sessions: user={login:?} addr={ip}");
+            return Err(LoginFailure::TooManySessions);
         };
         // Another device of the user always keeps; the primary login gets the user's mode.
         let mode = match device {
@@ -310,7 +344,13 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     self.peer.ip(),
                     messages.len()
                 );
-                Ok((mailbox, messages, mode, login))
+                Ok(LoggedIn {
+                    mailbox,
+                    messages,
+                    mode,
+                    login,
+                    slot,
+                })
             }
             Err(OpenError::InUse) => {
                 log::info!(

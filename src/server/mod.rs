@@ -1,6 +1,7 @@
 //! The network side: listeners, TLS, connection limits, reloads, and the runtime behind them.
 
 mod connection;
+mod limits;
 mod rt;
 pub mod tls;
 
@@ -25,6 +26,7 @@ struct Shared {
     /// Bounds concurrent password checks: an Argon2 verification takes 64 MiB and ~0.3 s.
     hashing: Semaphore,
     connections: AtomicUsize,
+    limits: Arc<limits::Limits>,
 }
 
 impl Shared {
@@ -93,11 +95,18 @@ pub fn run(
         let implicit = bind_all(&config.listen_tls, "implicit TLS").await?;
         let parallel_hashes = std::thread::available_parallelism().map_or(2, |n| n.get());
         let shared = Arc::new(Shared {
-            config,
             users: RwLock::new(Arc::new(users)),
             tls: RwLock::new(acceptor),
             hashing: Semaphore::new(parallel_hashes),
             connections: AtomicUsize::new(0),
+            limits: limits::Limits::new(limits::LimitSettings {
+                per_ip: config.max_connections_per_ip,
+                sessions_per_user_ip: config.max_sessions_per_user_ip,
+                failure_delay: config.auth_failure_delay,
+                failure_delay_max: config.auth_failure_delay_max,
+                login_delay: config.login_delay,
+            }),
+            config,
         });
         watch_sighup(shared.clone())?;
         let addrs = |listeners: &[(rt::TcpListener, SocketAddr)]| {
@@ -163,11 +172,15 @@ async fn accept_loop(listener: rt::TcpListener, shared: Arc<Shared>, implicit_tl
         let open = shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
         let shared = shared.clone();
         rt::spawn(async move {
+            let ip = peer.ip().to_canonical();
             if open > shared.config.max_connections {
                 log::warn!("refusing {peer}: {open} connections open");
-                refuse(stream).await;
-            } else {
+                refuse(stream, "Too many connections, try again later").await;
+            } else if let Some(_slot) = shared.limits.connection(ip) {
                 connection::serve(stream, peer, &shared, implicit_tls).await;
+            } else {
+                log::warn!("refusing {peer}: too many connections from {ip}");
+                refuse(stream, "Too many connections from your address").await;
             }
             shared.connections.fetch_sub(1, Ordering::Relaxed);
         });
@@ -176,13 +189,9 @@ async fn accept_loop(listener: rt::TcpListener, shared: Arc<Shared>, implicit_tl
 
 /// Tells a client over the connection limit why it is turned away. On an implicit-TLS
 /// listener the client can't read plaintext; it sees the connection close, as it should.
-async fn refuse(mut stream: rt::TcpStream) {
+async fn refuse(mut stream: rt::TcpStream, why: &str) {
     use futures_lite::AsyncWriteExt;
     let mut out = Vec::new();
-    response::err(
-        &mut out,
-        Some(Code::SysTemp),
-        "Too many connections, try again later",
-    );
+    response::err(&mut out, Some(Code::SysTemp), why);
     let _ = rt::timeout(Duration::from_secs(5), stream.write_all(&out)).await;
 }

@@ -58,6 +58,8 @@ pub struct Settings {
     pub plaintext_auth: bool,
     /// Whether STLS is offered: a certificate is configured and the connection is plain.
     pub stls: bool,
+    /// The LOGIN-DELAY announced in CAPA, in seconds, when the server enforces one.
+    pub login_delay: Option<u64>,
     /// The `<timestamp@host>` of the greeting when APOP is enabled.
     pub apop_banner: Option<String>,
     /// Failed logins before the connection is closed.
@@ -71,6 +73,7 @@ impl Default for Settings {
         Settings {
             plaintext_auth: true,
             stls: false,
+            login_delay: None,
             apop_banner: None,
             max_auth_failures: 3,
             max_bad_commands: 20,
@@ -127,6 +130,10 @@ pub enum LoginFailure {
     BadCredentials,
     /// Another session holds the maildrop (RFC 2449 [IN-USE]).
     InUse,
+    /// This user has too many sessions from the client's address.
+    TooManySessions,
+    /// LOGIN-DELAY: the login came this many seconds too soon (RFC 2449 §8.1.2).
+    TooSoon(u64),
     /// A server-side failure that may pass (RFC 3206 [SYS/TEMP]); the text is for the client.
     System(String),
     /// A server-side failure that needs an administrator (RFC 3206 [SYS/PERM]), such as a
@@ -372,6 +379,16 @@ impl Session {
                 Some(Code::InUse),
                 "Mailbox is in use by another session; try again later",
             ),
+            LoginFailure::TooManySessions => response::err(
+                out,
+                Some(Code::InUse),
+                "Too many sessions for this user from your address",
+            ),
+            LoginFailure::TooSoon(seconds) => response::err(
+                out,
+                Some(Code::LoginDelay),
+                format_args!("Logged in too recently; wait {seconds} more seconds"),
+            ),
             LoginFailure::System(text) => response::err(out, Some(Code::SysTemp), text),
             LoginFailure::Misconfigured(text) => response::err(out, Some(Code::SysPerm), text),
         }
@@ -518,6 +535,9 @@ fn capa(settings: &Settings, mode: Option<Mode>, out: &mut Vec<u8>) {
     }
     // The server itself never removes a message the client did not DELE.
     response::line(out, "EXPIRE NEVER");
+    if let Some(seconds) = settings.login_delay {
+        response::line(out, format_args!("LOGIN-DELAY {seconds}"));
+    }
     if let Some(mode) = mode {
         response::line(out, format_args!("X-POP3D-MODE {mode}"));
     }

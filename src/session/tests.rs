@@ -1733,6 +1733,7 @@ fn random_command_lines_never_break_the_protocol() {
     for session_no in 0..400 {
         let settings = Settings {
             plaintext_auth: rng.percent(85),
+            login_delay: None,
             stls: rng.percent(50),
             apop_banner: rng.percent(50).then(|| "<1.2@test>".to_string()),
             max_auth_failures: 1 + rng.below(4) as u32,

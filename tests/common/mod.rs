@@ -45,18 +45,17 @@ impl Server {
 
     /// Starts the daemon with exactly these arguments after `serve --listen 127.0.0.1:0`.
     pub fn start_in(root: tempfile::TempDir, base: &[&str], extra: &[&str]) -> Server {
-        let args: Vec<String> = [
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--auth-failure-delay",
-            "10ms",
-        ]
-        .iter()
-        .chain(base)
-        .chain(extra)
-        .map(|s| s.to_string())
-        .collect();
+        let mut args: Vec<String> = ["serve", "--listen", "127.0.0.1:0"]
+            .iter()
+            .chain(base)
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect();
+        // Tests are not brute-force attacks: no real pause after a wrong password, unless
+        // the test is about that pause.
+        if !args.iter().any(|a| a == "--auth-failure-delay") {
+            args.extend(["--auth-failure-delay".into(), "10ms".into()]);
+        }
         let (child, (addr, tls_addr), log) = spawn(&args);
         Server {
             child,
@@ -347,4 +346,11 @@ pub fn read_message(maildir: &Path, unique: &str) -> Option<Vec<u8>> {
         }
     }
     None
+}
+
+impl Server {
+    /// The daemon's process id, to send it signals (SIGHUP reloads).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
