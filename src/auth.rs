@@ -7,6 +7,7 @@
 //! rest is kept for the caller.
 
 mod password;
+pub mod sasl;
 
 pub use password::{Scheme, StoredPassword, hash_password};
 
@@ -16,6 +17,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::session::Mode;
+use sasl::SaslCredentials;
 
 /// Longest device suffix accepted in a `user+device` login.
 const MAX_DEVICE_LEN: usize = 64;
@@ -101,6 +103,8 @@ pub enum LineProblem {
         /// The scheme the hash itself names.
         found: Scheme,
     },
+    /// A `{SCRAM-SHA-256}` password that is not `iterations,salt,StoredKey,ServerKey`.
+    InvalidScram(&'static str),
     /// The uid field is not a number.
     InvalidUid(String),
     /// The gid field is not a number.
@@ -163,6 +167,9 @@ impl fmt::Display for LineProblem {
             }
             LineProblem::SchemeMismatch { declared, found } => {
                 write!(f, "{{{declared}}} password holds a {found} hash")
+            }
+            LineProblem::InvalidScram(why) => {
+                write!(f, "invalid {{SCRAM-SHA-256}} password: {why}")
             }
             LineProblem::InvalidUid(uid) => write!(f, "uid {uid:?} is not a number"),
             LineProblem::InvalidGid(gid) => write!(f, "gid {gid:?} is not a number"),
@@ -228,16 +235,29 @@ impl Users {
                 device: None,
             });
         }
-        let (local, rest) = login.split_once('+')?;
-        let (device, domain) = rest.split_at(rest.find('@').unwrap_or(rest.len()));
-        if !is_valid_device(device) {
-            return None;
-        }
-        let entry = self.get(&format!("{local}{domain}"))?;
+        let (user, device) = split_device(login)?;
+        let entry = self.get(&user)?;
         Some(Resolved {
             entry,
             device: Some(device.to_owned()),
         })
+    }
+
+    /// What AUTH SCRAM-SHA-256 or CRAM-MD5 checks `login` against. An unknown login, or a user
+    /// whose stored secret cannot serve the mechanism, gets stand-in credentials that fail
+    /// only at the proof, keyed on the user name the login would belong to: `bob` and
+    /// `bob+phone` then look alike whether or not bob exists, as they do for a real user.
+    /// Cheap; the cost is in `Exchange::credentials`.
+    pub fn sasl_credentials(&self, login: &str) -> SaslCredentials {
+        match self.resolve(login) {
+            Some(resolved) => {
+                SaslCredentials::new(&resolved.entry.name, resolved.entry.password.as_ref())
+            }
+            None => match split_device(login) {
+                Some((user, _)) => SaslCredentials::new(&user, None),
+                None => SaslCredentials::new(login, None),
+            },
+        }
     }
 
     /// Number of users.
@@ -249,6 +269,14 @@ impl Users {
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
     }
+}
+
+/// Splits `user+device` / `user+device@domain` into `user` / `user@domain` and the device.
+/// Only the first `+` splits, and an invalid device name splits nothing.
+fn split_device(login: &str) -> Option<(String, &str)> {
+    let (local, rest) = login.split_once('+')?;
+    let (device, domain) = rest.split_at(rest.find('@').unwrap_or(rest.len()));
+    is_valid_device(device).then(|| (format!("{local}{domain}"), device))
 }
 
 /// Device names end up in file names, so they are kept to a safe, short alphabet.
@@ -451,6 +479,10 @@ mod tests {
                     found: Scheme::Sha512Crypt,
                 },
             ),
+            (
+                "a:{SCRAM-SHA-256}4096,c2FsdA==,a2V5",
+                LineProblem::InvalidScram("expected iterations,salt,StoredKey,ServerKey"),
+            ),
             ("a:{PLAIN}x:10x", LineProblem::InvalidUid("10x".into())),
             ("a:{PLAIN}x:1:-1", LineProblem::InvalidGid("-1".into())),
             (
@@ -481,6 +513,7 @@ mod tests {
             "a:{CRYPT}hunter2",
             "a:{hunter2",
             "a:{ARGON2ID}$2y$hunter2",
+            "a:{SCRAM-SHA-256}4096,hunter2,hunter2,hunter2",
         ] {
             let message = Users::parse(line).expect_err(line).to_string();
             assert!(!message.contains("hunter2"), "{message}");

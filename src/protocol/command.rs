@@ -29,6 +29,8 @@ pub enum Command<'a> {
     Capa,
     /// RFC 2595 §4: start TLS on a plain connection.
     Stls,
+    /// RFC 5034: `AUTH` alone lists the mechanisms; `AUTH MECH [initial-response]` starts one.
+    Auth(Option<(&'a str, Option<&'a str>)>),
 }
 
 /// Why a line is not a command we can run; its `Display` is the `-ERR` text.
@@ -98,6 +100,14 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
         "RSET" => no_more(args, "RSET").map(|_| Command::Rset)?,
         "CAPA" => no_more(args, "CAPA").map(|_| Command::Capa)?,
         "STLS" => no_more(args, "STLS").map(|_| Command::Stls)?,
+        "AUTH" => match args.next() {
+            None => Command::Auth(None),
+            Some(mechanism) => {
+                let initial = args.next();
+                no_more(args, "AUTH")?;
+                Command::Auth(Some((mechanism, initial)))
+            }
+        },
         "LIST" => Command::List(optional_number(args, "LIST")?),
         "UIDL" => Command::Uidl(optional_number(args, "UIDL")?),
         "RETR" => Command::Retr(one_number(args, "RETR")?),
@@ -197,6 +207,19 @@ mod tests {
         assert_eq!(parse(b"rset"), Ok(Command::Rset));
         assert_eq!(parse(b"stls"), Ok(Command::Stls));
         assert_eq!(parse(b"STLS x"), Err(ParseError::TooManyArguments("STLS")));
+        assert_eq!(parse(b"auth"), Ok(Command::Auth(None)));
+        assert_eq!(
+            parse(b"AUTH PLAIN"),
+            Ok(Command::Auth(Some(("PLAIN", None))))
+        );
+        assert_eq!(
+            parse(b"AUTH PLAIN AGFsaWNl"),
+            Ok(Command::Auth(Some(("PLAIN", Some("AGFsaWNl")))))
+        );
+        assert_eq!(
+            parse(b"AUTH PLAIN a b"),
+            Err(ParseError::TooManyArguments("AUTH"))
+        );
     }
 
     #[test]

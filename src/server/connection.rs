@@ -92,6 +92,7 @@ pub async fn serve(
         stls: acceptor.is_some() && !implicit_tls,
         apop_banner: config.enable_apop.then(|| apop_banner(&config.hostname)),
         login_delay: config.login_delay.map(|d| d.as_secs().max(1)),
+        hostname: config.hostname.clone(),
         ..Settings::default()
     };
     if implicit_tls {
@@ -100,13 +101,13 @@ pub async fn serve(
         };
         let mut conn = Connection::new(tls, peer, shared, settings);
         let end = conn.run().await;
-        conn.log_end(&end);
+        conn.finish(end).await;
         return;
     }
     let mut conn = Connection::new(stream, peer, shared, settings);
     let end = conn.run().await;
     if !matches!(end, End::StartTls) {
-        conn.log_end(&end);
+        conn.finish(end).await;
         return;
     }
     // Only the stream and the session carry over: the line buffer, with anything the client
@@ -122,7 +123,7 @@ pub async fn serve(
     session.tls_started();
     let mut conn = Connection::resume(tls, peer, shared, session);
     let end = conn.run().await;
-    conn.log_end(&end);
+    conn.finish(end).await;
 }
 
 /// The server side of a TLS handshake, bounded by the login timeout. A failed handshake
@@ -264,6 +265,23 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     }
                 }
             }
+            Effect::SaslLookup { authcid } => {
+                let Some(mut exchange) = self.session.take_sasl_exchange() else {
+                    return Err(End::Error("SASL lookup without an exchange".into()));
+                };
+                let users = self.shared.users();
+                let step = {
+                    let _permit = self.shared.hashing.acquire().await;
+                    rt::unblock(move || {
+                        let step = exchange.credentials(users.sasl_credentials(&authcid));
+                        (exchange, step)
+                    })
+                    .await
+                };
+                let effect = self.session.sasl_resume(step.0, step.1, &mut self.out);
+                // One level deep at most: after a lookup comes a challenge or the outcome.
+                return Box::pin(self.apply(effect)).await;
+            }
             Effect::Send { index, top_lines } => self.send(index, top_lines).await?,
             Effect::Update { marked, mode: _ } => {
                 let Some(mut mailbox) = self.mailbox.take() else {
@@ -299,6 +317,11 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                         auth::verify_password(entry, password.as_bytes())
                     }
                     Credential::Apop { banner, digest } => auth::verify_apop(entry, banner, digest),
+                    Credential::Verified => true,
+                    Credential::Rejected(reason) => {
+                        log::debug!("SASL exchange failed: {reason}");
+                        false
+                    }
                 };
                 resolved.filter(|_| ok).map(|r| (r.entry.clone(), r.device))
             })
@@ -445,6 +468,13 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(End::Timeout),
             Err(e) => Err(End::Error(e.to_string())),
         }
+    }
+
+    /// Closes the stream (for TLS, with the close_notify alert RFC 8446 §6.1 asks for) and
+    /// logs the session.
+    async fn finish(mut self, end: End) {
+        let _ = rt::timeout(Duration::from_secs(5), self.stream.close()).await;
+        self.log_end(&end);
     }
 
     /// One line per session, for the administrator (never a password).

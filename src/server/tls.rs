@@ -86,6 +86,15 @@ impl Acceptor {
 
     #[cfg(all(feature = "native-tls", not(feature = "rustls")))]
     pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Acceptor, String> {
+        // Without this check a mismatched pair loads, and every handshake then fails.
+        let cert = openssl::x509::X509::from_pem(cert_pem)
+            .map_err(|e| format!("bad certificate PEM: {e}"))?;
+        let key = openssl::pkey::PKey::private_key_from_pem(key_pem)
+            .map_err(|e| format!("bad private key PEM: {e}"))?;
+        let public = cert.public_key().map_err(|e| e.to_string())?;
+        if !public.public_eq(&key) {
+            return Err("certificate and key do not fit: the key is not the certificate's".into());
+        }
         let identity = async_native_tls::Identity::from_pkcs8(cert_pem, key_pem)
             .map_err(|e| format!("certificate and PKCS#8 key not usable: {e}"))?;
         let acceptor = native_tls::TlsAcceptor::builder(identity)

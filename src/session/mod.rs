@@ -8,6 +8,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::auth::sasl::{self, Exchange, Mechanism, Outcome, Seed, Step};
 use crate::protocol::command::{self, Command, MsgNum};
 use crate::protocol::response::{self, Code};
 
@@ -60,8 +61,11 @@ pub struct Settings {
     pub stls: bool,
     /// The LOGIN-DELAY announced in CAPA, in seconds, when the server enforces one.
     pub login_delay: Option<u64>,
-    /// The `<timestamp@host>` of the greeting when APOP is enabled.
+    /// The `<timestamp@host>` of the greeting when APOP is enabled; the MD5 mechanisms
+    /// (APOP, AUTH CRAM-MD5) are offered only then.
     pub apop_banner: Option<String>,
+    /// This server's name, for the CRAM-MD5 challenge.
+    pub hostname: String,
     /// Failed logins before the connection is closed.
     pub max_auth_failures: u32,
     /// Consecutive bad commands before the connection is closed.
@@ -75,6 +79,7 @@ impl Default for Settings {
             stls: false,
             login_delay: None,
             apop_banner: None,
+            hostname: "localhost".into(),
             max_auth_failures: 3,
             max_bad_commands: 20,
         }
@@ -85,7 +90,14 @@ impl Default for Settings {
 #[derive(Clone, PartialEq, Eq)]
 pub enum Credential {
     Password(String),
-    Apop { banner: String, digest: String },
+    Apop {
+        banner: String,
+        digest: String,
+    },
+    /// A SASL mechanism (SCRAM-SHA-256, CRAM-MD5) already checked the proof.
+    Verified,
+    /// A SASL exchange failed: answered exactly as a wrong password.
+    Rejected(sasl::FailReason),
 }
 
 impl fmt::Debug for Credential {
@@ -94,6 +106,8 @@ impl fmt::Debug for Credential {
         match self {
             Credential::Password(_) => f.write_str("Password(..)"),
             Credential::Apop { .. } => f.write_str("Apop(..)"),
+            Credential::Verified => f.write_str("Verified"),
+            Credential::Rejected(reason) => write!(f, "Rejected({reason})"),
         }
     }
 }
@@ -110,6 +124,10 @@ pub enum Effect {
         user: String,
         credential: Credential,
     },
+    /// A SASL exchange needs `authcid`'s stored secret: take the exchange with
+    /// `take_sasl_exchange`, call its `credentials` with `Users::sasl_credentials` (off the
+    /// async threads: it may run PBKDF2), and hand it back with its step to `sasl_resume`.
+    SaslLookup { authcid: String },
     /// Open message `index` (0-based), then call `send_started` and stream its body
     /// (`top_lines` body lines for TOP, all of it for RETR), or call `send_failed`.
     Send {
@@ -174,6 +192,10 @@ enum State {
     Authorization {
         user: Option<String>,
     },
+    /// In a SASL exchange: the next line is the client's answer to a challenge.
+    Sasl(Box<Exchange>),
+    /// Waiting for the I/O layer to look up SASL credentials.
+    SaslLookup(Box<Exchange>),
     /// Waiting for the I/O layer's verdict on credentials.
     Authenticating,
     Transaction(Maildrop),
@@ -275,6 +297,9 @@ impl Session {
 
     /// Handles one command line (without its line end).
     pub fn command(&mut self, line: &[u8], out: &mut Vec<u8>) -> Effect {
+        if let State::Sasl(_) = self.state {
+            return self.sasl_answer(line, out);
+        }
         let effect = match command::parse(line) {
             Ok(cmd) => self.dispatch(cmd, out),
             Err(e) => Err(e.to_string()),
@@ -311,6 +336,12 @@ impl Session {
     /// Runs a parsed command; `Err` is a command that makes no sense in this state.
     fn dispatch(&mut self, cmd: Command<'_>, out: &mut Vec<u8>) -> Result<Effect, String> {
         match &mut self.state {
+            State::Authorization { .. } if matches!(cmd, Command::Auth(Some(_))) => {
+                let Command::Auth(Some((name, initial))) = cmd else {
+                    unreachable!("matched above")
+                };
+                self.sasl_start(name, initial, out)
+            }
             State::Authorization { user } => {
                 let effect = authorization(user, &self.settings, cmd, out)?;
                 if let Effect::Authenticate { .. } = effect {
@@ -330,10 +361,116 @@ impl Session {
                 Ok(effect)
             }
             // The I/O layer runs one command at a time, so these are only reached on misuse.
-            State::Authenticating | State::Update(_) | State::Closed => {
-                Err("Command not allowed now".into())
+            State::Sasl(_)
+            | State::SaslLookup(_)
+            | State::Authenticating
+            | State::Update(_)
+            | State::Closed => Err("Command not allowed now".into()),
+        }
+    }
+
+    /// The exchange an `Effect::SaslLookup` asked credentials for.
+    pub fn take_sasl_exchange(&mut self) -> Option<Box<Exchange>> {
+        match std::mem::replace(&mut self.state, State::Authenticating) {
+            State::SaslLookup(exchange) => Some(exchange),
+            other => {
+                self.state = other;
+                None
             }
         }
+    }
+
+    /// `AUTH MECH [initial-response]` (RFC 5034).
+    fn sasl_start(
+        &mut self,
+        name: &str,
+        initial: Option<&str>,
+        out: &mut Vec<u8>,
+    ) -> Result<Effect, String> {
+        let Ok(mechanism) = name.parse::<Mechanism>() else {
+            return Err(format!("Unsupported authentication mechanism {name}"));
+        };
+        if !mechanisms(&self.settings).contains(&mechanism) {
+            if !self.settings.plaintext_auth && mechanism != Mechanism::ScramSha256 {
+                refuse_plaintext(&self.settings, out);
+                return Ok(Effect::None);
+            }
+            return Err(format!(
+                "Authentication mechanism {mechanism} is not enabled"
+            ));
+        }
+        let initial = match initial.map(sasl::decode_response) {
+            Some(None) => return Err("Initial response is not valid base64".into()),
+            Some(Some(bytes)) => Some(bytes),
+            None => None,
+        };
+        let Some(seed) = Seed::new(&self.settings.hostname) else {
+            response::err(
+                out,
+                Some(Code::SysTemp),
+                "No randomness available for authentication",
+            );
+            return Ok(Effect::None);
+        };
+        let (exchange, step) = Exchange::start(mechanism, initial.as_deref(), seed);
+        Ok(self.sasl_resume(Box::new(exchange), step, out))
+    }
+
+    /// A line sent in answer to a `+ ` challenge: `*` cancels, anything else is base64.
+    fn sasl_answer(&mut self, line: &[u8], out: &mut Vec<u8>) -> Effect {
+        let State::Sasl(exchange) =
+            std::mem::replace(&mut self.state, State::Authorization { user: None })
+        else {
+            return Effect::None;
+        };
+        if line == b"*" {
+            response::err(out, None, "Authentication cancelled");
+            return Effect::None;
+        }
+        match sasl::decode_response(line) {
+            Some(answer) => {
+                let mut exchange = exchange;
+                let step = exchange.step(&answer);
+                self.sasl_resume(exchange, step, out)
+            }
+            None => self.bad_command(
+                "Response is not valid base64; authentication cancelled",
+                out,
+            ),
+        }
+    }
+
+    /// Moves a SASL exchange on by one step: a challenge to send, a lookup for the I/O layer,
+    /// or the outcome, which goes through `Effect::Authenticate` like USER/PASS.
+    pub fn sasl_resume(
+        &mut self,
+        exchange: Box<Exchange>,
+        step: Step,
+        out: &mut Vec<u8>,
+    ) -> Effect {
+        let (user, credential) = match step {
+            Step::Challenge(challenge) => {
+                response::line(
+                    out,
+                    format_args!("+ {}", sasl::encode_challenge(&challenge)),
+                );
+                self.state = State::Sasl(exchange);
+                return Effect::None;
+            }
+            Step::NeedCredentials { authcid } => {
+                self.state = State::SaslLookup(exchange);
+                return Effect::SaslLookup { authcid };
+            }
+            Step::Done(Outcome::Password { authcid, password }) => {
+                (authcid, Credential::Password(password))
+            }
+            Step::Done(Outcome::Verified { authcid }) => (authcid, Credential::Verified),
+            Step::Done(Outcome::Failed { authcid, reason }) => {
+                (authcid.unwrap_or_default(), Credential::Rejected(reason))
+            }
+        };
+        self.state = State::Authenticating;
+        Effect::Authenticate { user, credential }
     }
 
     /// The TLS handshake after STLS succeeded: the session starts over in AUTHORIZATION, and
@@ -482,6 +619,14 @@ fn authorization(
     };
     match cmd {
         Command::Capa => capa(settings, None, out),
+        Command::Auth(_) => {
+            // AUTH with no mechanism lists them, as Outlook asks (RFC 1734's form).
+            response::ok(out, "Supported mechanisms follow");
+            for mechanism in mechanisms(settings) {
+                response::line(out, mechanism);
+            }
+            response::end(out);
+        }
         Command::Quit => {
             response::ok(out, "Logging out");
             return Ok(Effect::Close);
@@ -521,6 +666,19 @@ fn authorization(
     Ok(Effect::None)
 }
 
+/// The SASL mechanisms this connection may use, strongest first: the ones that send the
+/// password only where plaintext logins are allowed, CRAM-MD5 only with APOP.
+fn mechanisms(settings: &Settings) -> Vec<Mechanism> {
+    Mechanism::ALL
+        .into_iter()
+        .filter(|m| match m {
+            Mechanism::ScramSha256 => true,
+            Mechanism::Plain | Mechanism::Login => settings.plaintext_auth,
+            Mechanism::CramMd5 => settings.plaintext_auth && settings.apop_banner.is_some(),
+        })
+        .collect()
+}
+
 /// The capabilities of this session (RFC 2449 §5), truthfully for its state.
 fn capa(settings: &Settings, mode: Option<Mode>, out: &mut Vec<u8>) {
     response::ok(out, "Capability list follows");
@@ -532,6 +690,11 @@ fn capa(settings: &Settings, mode: Option<Mode>, out: &mut Vec<u8>) {
     }
     if settings.plaintext_auth && mode.is_none() {
         response::line(out, "USER");
+    }
+    let offered = mechanisms(settings);
+    if mode.is_none() && !offered.is_empty() {
+        let names: Vec<&str> = offered.iter().map(|m| m.name()).collect();
+        response::line(out, format_args!("SASL {}", names.join(" ")));
     }
     // The server itself never removes a message the client did not DELE.
     response::line(out, "EXPIRE NEVER");

@@ -1738,6 +1738,7 @@ fn random_command_lines_never_break_the_protocol() {
             apop_banner: rng.percent(50).then(|| "<1.2@test>".to_string()),
             max_auth_failures: 1 + rng.below(4) as u32,
             max_bad_commands: 1 + rng.below(40) as u32,
+            ..Settings::default()
         };
         let (mut session, greeting) = start_with_greeting(settings);
         check_reply(greeting.as_bytes(), false, "greeting");
@@ -1927,6 +1928,13 @@ fn random_command_lines_never_break_the_protocol() {
                     updates += 1;
                     assert!(!session.is_logged_in());
                     break 'session;
+                }
+                Effect::SaslLookup { authcid } => {
+                    let mut exchange = session.take_sasl_exchange().expect("exchange");
+                    let step = exchange
+                        .credentials(crate::auth::Users::default().sasl_credentials(&authcid));
+                    let mut out = Vec::new();
+                    session.sasl_resume(exchange, step, &mut out);
                 }
                 Effect::StartTls => {
                     assert_eq!(phase, Phase::LoggedOut, "{context}");
