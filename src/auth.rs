@@ -261,6 +261,11 @@ impl Users {
     }
 
     /// Number of users.
+    /// Every user, in no particular order (for `pop3d check`).
+    pub fn iter(&self) -> impl Iterator<Item = &UserEntry> {
+        self.by_name.values()
+    }
+
     pub fn len(&self) -> usize {
         self.by_name.len()
     }

@@ -44,6 +44,15 @@ pub struct Config {
     pub login_delay: Option<Duration>,
     /// Host name for the APOP banner.
     pub hostname: String,
+    /// The account to switch to once the listeners are bound (when started as root).
+    pub user: Option<String>,
+    pub group: Option<String>,
+    /// Serve mail as root: refused unless asked for, since a bug would then reach every file.
+    pub allow_root: bool,
+    /// How long SIGTERM waits for sessions to finish before closing them.
+    pub shutdown_grace: Duration,
+    /// Where to serve Prometheus/OpenMetrics text, if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Where the certificate and its key are.
@@ -54,7 +63,7 @@ pub struct TlsFiles {
 }
 
 /// The TOML file: the same keys as the flags, with `_` for `-`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<Vec<SocketAddr>>,
@@ -80,6 +89,30 @@ pub struct FileConfig {
     #[serde(default, with = "humantime_serde_opt")]
     pub login_delay: Option<Duration>,
     pub hostname: Option<String>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub allow_root: Option<bool>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub shutdown_grace: Option<Duration>,
+    pub metrics: Option<SocketAddr>,
+}
+
+/// Where the configuration comes from, kept so SIGHUP can read it again.
+#[derive(Clone, Debug)]
+pub struct ConfigSource {
+    pub file: Option<PathBuf>,
+    /// The command-line flags, which win over the file at every reload.
+    pub flags: FileConfig,
+}
+
+impl ConfigSource {
+    pub fn load(&self) -> Result<Config, String> {
+        let file = match &self.file {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        file.merge(self.flags.clone())
+    }
 }
 
 /// Durations in the TOML file are written as for the flags: "60s", "10m", "1500ms".
@@ -170,6 +203,14 @@ impl FileConfig {
                 .hostname
                 .or(self.hostname)
                 .unwrap_or_else(system_hostname),
+            user: flags.user.or(self.user),
+            group: flags.group.or(self.group),
+            allow_root: flags.allow_root.or(self.allow_root).unwrap_or(false),
+            shutdown_grace: flags
+                .shutdown_grace
+                .or(self.shutdown_grace)
+                .unwrap_or(Duration::from_secs(10)),
+            metrics: flags.metrics.or(self.metrics),
         };
         if let Some(t) = &config.maildir {
             template::check_template(t)?;

@@ -52,9 +52,15 @@ pub fn run(listen: SocketAddr, listen_tls: SocketAddr) -> Result<(), String> {
         max_sessions_per_user_ip: 10,
         auth_failure_delay_max: Duration::from_secs(15),
         login_delay: None,
+        // The demo serves only its own temporary folder, so root is fine here.
+        allow_root: true,
+        user: None,
+        group: None,
+        shutdown_grace: Duration::from_secs(1),
+        metrics: None,
         hostname: "localhost".into(),
     };
-    crate::server::run(config, |plain, implicit| {
+    crate::server::run(config, None, |plain, implicit| {
         let (addr, tls) = (plain[0], implicit[0]);
         println!(
             "pop3d demo: user \"demo\", password \"demo\" (keep mode), mail in {}",

@@ -5,6 +5,7 @@
 //! only `rt` names the async runtime.
 
 pub mod auth;
+pub mod check;
 pub mod config;
 pub mod demo;
 pub mod protocol;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use argh::FromArgs;
 use pop3d::auth::{Scheme, hash_password};
-use pop3d::config::FileConfig;
+use pop3d::config::{ConfigSource, FileConfig};
 use pop3d::session::Mode;
 
 #[derive(FromArgs)]
@@ -23,6 +23,16 @@ enum Command {
     Serve(Box<Serve>),
     Demo(Demo),
     HashPassword(HashPassword),
+    Check(Check),
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "check")]
+/// Validate a configuration file (users file, certificate and key, Maildir template, user).
+struct Check {
+    /// the TOML configuration to check
+    #[argh(option)]
+    config: PathBuf,
 }
 
 #[derive(FromArgs)]
@@ -86,6 +96,21 @@ struct Serve {
     /// host name in the APOP banner (default: the system's)
     #[argh(option)]
     hostname: Option<String>,
+    /// user to run as once the ports are bound, when started as root
+    #[argh(option)]
+    user: Option<String>,
+    /// group to run as (default: the user's primary group)
+    #[argh(option)]
+    group: Option<String>,
+    /// serve mail as root (refused by default)
+    #[argh(switch)]
+    allow_root: bool,
+    /// how long SIGTERM waits for busy sessions before closing them (default 10s)
+    #[argh(option)]
+    shutdown_grace: Option<humantime::Duration>,
+    /// address to serve Prometheus metrics on, e.g. 127.0.0.1:9110 (default: off)
+    #[argh(option)]
+    metrics: Option<SocketAddr>,
 }
 
 #[derive(FromArgs)]
@@ -104,18 +129,19 @@ struct Demo {
 #[argh(subcommand, name = "hash-password")]
 /// Read a password from standard input and print its users-file form.
 struct HashPassword {
-    /// SHA512-CRYPT (default), SHA256-CRYPT, BLF-CRYPT, ARGON2ID, ARGON2I or PLAIN
+    /// SHA512-CRYPT (default), SHA256-CRYPT, BLF-CRYPT, ARGON2ID, ARGON2I, SCRAM-SHA-256 or PLAIN
     #[argh(option, default = "Scheme::default()")]
     scheme: Scheme,
 }
 
 fn main() -> ExitCode {
     let cli: Cli = argh::from_env();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    init_logging();
     let result = match cli.command {
         Command::Serve(serve) => run_serve(*serve),
         Command::Demo(demo) => pop3d::demo::run(demo.listen, demo.listen_tls),
         Command::HashPassword(args) => run_hash_password(args.scheme),
+        Command::Check(args) => pop3d::check::run(args.config).map(|summary| println!("{summary}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -126,11 +152,34 @@ fn main() -> ExitCode {
     }
 }
 
+/// RUST_LOG-controlled logs on standard error. Under systemd (stderr is the journal) lines
+/// carry no timestamp of their own and start with a syslog priority, `<3>` for errors, so
+/// `journalctl -p err` finds them.
+fn init_logging() {
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.format(|out, record| {
+            let priority = match record.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                log::Level::Debug | log::Level::Trace => 7,
+            };
+            writeln!(out, "<{priority}>{}", record.args())
+        });
+    }
+    builder.init();
+}
+
 fn run_serve(args: Serve) -> Result<(), String> {
-    let file = match &args.config {
-        Some(path) => FileConfig::load(path)?,
-        None => FileConfig::default(),
-    };
+    let source = config_source(args);
+    let config = source.load()?;
+    pop3d::server::run(config, source, |_, _| {})
+}
+
+/// The flags as a config layer over the file, so SIGHUP can re-read the file under them.
+fn config_source(args: Serve) -> ConfigSource {
     let switch = |on: bool| on.then_some(true);
     let flags = FileConfig {
         listen: Some(args.listen),
@@ -151,9 +200,16 @@ fn run_serve(args: Serve) -> Result<(), String> {
         auth_failure_delay_max: args.auth_failure_delay_max.map(Into::into),
         login_delay: args.login_delay.map(Into::into),
         hostname: args.hostname,
+        user: args.user,
+        group: args.group,
+        allow_root: switch(args.allow_root),
+        shutdown_grace: args.shutdown_grace.map(Into::into),
+        metrics: args.metrics,
     };
-    let config = file.merge(flags)?;
-    pop3d::server::run(config, |_, _| {})
+    ConfigSource {
+        file: args.config,
+        flags,
+    }
 }
 
 fn run_hash_password(scheme: Scheme) -> Result<(), String> {

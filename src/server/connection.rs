@@ -11,10 +11,13 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::limits::Slot;
+use super::metrics::{ListenerLabel, Metrics};
 use super::{Shared, rt, tls};
 use crate::auth;
+use crate::config::Config;
 use crate::protocol::body::BodyEncoder;
 use crate::protocol::lines::{Line, LineReader};
+use crate::protocol::response::{self, Code};
 use crate::session::{Credential, Effect, LoginFailure, Message, Mode, Session, Settings};
 use crate::store::{Mailbox, MessageError, OpenError, template};
 
@@ -33,6 +36,8 @@ enum End {
     Quit,
     /// STLS accepted: the TLS handshake comes next.
     StartTls,
+    /// SIGTERM: the session was told goodbye.
+    Shutdown,
     Disconnected,
     Timeout,
     Error(String),
@@ -44,6 +49,7 @@ impl std::fmt::Display for End {
             End::Closed => f.write_str("closed"),
             End::Quit => f.write_str("quit"),
             End::StartTls => f.write_str("starttls"),
+            End::Shutdown => f.write_str("shutdown"),
             End::Disconnected => f.write_str("disconnected"),
             End::Timeout => f.write_str("timeout"),
             End::Error(e) => write!(f, "error ({e})"),
@@ -53,8 +59,7 @@ impl std::fmt::Display for End {
 
 struct Connection<'a, S> {
     stream: S,
-    peer: SocketAddr,
-    shared: &'a Shared,
+    ctx: &'a Context<'a>,
     out: Vec<u8>,
     session: Session,
     mailbox: Option<Mailbox>,
@@ -73,17 +78,33 @@ struct LoggedIn {
     slot: Slot<(String, IpAddr)>,
 }
 
+/// What a connection knows of its surroundings.
+struct Context<'a> {
+    shared: &'a Shared,
+    /// The configuration as it was when the client connected; a reload affects new ones.
+    config: Arc<Config>,
+    peer: SocketAddr,
+    listener: &'a ListenerLabel,
+}
+
 /// Serves one client: plain (offering STLS when a certificate is loaded), or TLS from the
 /// first byte on an implicit-TLS listener.
 pub async fn serve(
     stream: rt::TcpStream,
     peer: SocketAddr,
-    shared: &Arc<Shared>,
+    shared: &Shared,
     implicit_tls: bool,
+    listener: &ListenerLabel,
 ) {
     // Our own batching decides when bytes go out; Nagle would only add latency.
     let _ = stream.set_nodelay(true);
-    let config = &shared.config;
+    let ctx = Context {
+        shared,
+        config: shared.config(),
+        peer,
+        listener,
+    };
+    let config = &ctx.config;
     let acceptor = shared.tls_acceptor();
     let settings = Settings {
         plaintext_auth: config.allow_plaintext_auth
@@ -96,15 +117,15 @@ pub async fn serve(
         ..Settings::default()
     };
     if implicit_tls {
-        let Some(tls) = handshake(acceptor, stream, peer, shared).await else {
+        let Some(tls) = handshake(acceptor, stream, &ctx).await else {
             return;
         };
-        let mut conn = Connection::new(tls, peer, shared, settings);
+        let mut conn = Connection::new(tls, &ctx, settings);
         let end = conn.run().await;
         conn.finish(end).await;
         return;
     }
-    let mut conn = Connection::new(stream, peer, shared, settings);
+    let mut conn = Connection::new(stream, &ctx, settings);
     let end = conn.run().await;
     if !matches!(end, End::StartTls) {
         conn.finish(end).await;
@@ -117,11 +138,11 @@ pub async fn serve(
         mut session,
         ..
     } = conn;
-    let Some(tls) = handshake(acceptor, stream, peer, shared).await else {
+    let Some(tls) = handshake(acceptor, stream, &ctx).await else {
         return;
     };
     session.tls_started();
-    let mut conn = Connection::resume(tls, peer, shared, session);
+    let mut conn = Connection::resume(tls, &ctx, session);
     let end = conn.run().await;
     conn.finish(end).await;
 }
@@ -131,14 +152,18 @@ pub async fn serve(
 async fn handshake(
     acceptor: Option<tls::Acceptor>,
     stream: rt::TcpStream,
-    peer: SocketAddr,
-    shared: &Shared,
+    ctx: &Context<'_>,
 ) -> Option<tls::TlsStream<rt::TcpStream>> {
     let acceptor = acceptor?;
-    match rt::timeout(shared.config.login_timeout, acceptor.accept(stream)).await {
+    match rt::timeout(ctx.config.login_timeout, acceptor.accept(stream)).await {
         Ok(tls) => Some(tls),
         Err(e) => {
-            log::debug!("TLS handshake with {peer} failed: {e}");
+            log::debug!("TLS handshake with {} failed: {e}", ctx.peer);
+            ctx.shared
+                .metrics
+                .tls_handshake_failures
+                .get_or_create(ctx.listener)
+                .inc();
             None
         }
     }
@@ -160,13 +185,12 @@ fn apop_banner(hostname: &str) -> String {
 
 impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
     /// A new connection, its greeting waiting in the output buffer.
-    fn new(stream: S, peer: SocketAddr, shared: &'a Shared, settings: Settings) -> Self {
+    fn new(stream: S, ctx: &'a Context<'a>, settings: Settings) -> Self {
         let mut out = Vec::with_capacity(256);
         let session = Session::new(settings, &mut out);
         Connection {
             stream,
-            peer,
-            shared,
+            ctx,
             out,
             session,
             mailbox: None,
@@ -176,12 +200,11 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
     }
 
     /// The same session on a new stream (after STLS): no second greeting (RFC 2595 §4).
-    fn resume(stream: S, peer: SocketAddr, shared: &'a Shared, session: Session) -> Self {
+    fn resume(stream: S, ctx: &'a Context<'a>, session: Session) -> Self {
         let out = Vec::with_capacity(256);
         Connection {
             stream,
-            peer,
-            shared,
+            ctx,
             out,
             session,
             mailbox: None,
@@ -213,11 +236,28 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 return end;
             }
             let limit = if self.session.is_logged_in() {
-                self.shared.config.idle_timeout
+                self.ctx.config.idle_timeout
             } else {
-                self.shared.config.login_timeout
+                self.ctx.config.login_timeout
             };
-            match rt::timeout(limit, self.stream.read(reader.unfilled())).await {
+            let shutdown = self.ctx.shared.shutdown.clone();
+            let read = rt::timeout(limit, self.stream.read(reader.unfilled()));
+            let read = futures_lite::future::or(async { Some(read.await) }, async {
+                shutdown.wait().await;
+                None
+            });
+            let Some(read) = read.await else {
+                // SIGTERM while waiting for a command: goodbye, without UPDATE, so pending
+                // deletions are not applied (RFC 1939 §6 applies them only on QUIT).
+                response::err(
+                    &mut self.out,
+                    Some(Code::SysTemp),
+                    "Server is shutting down, try again shortly",
+                );
+                let _ = self.flush().await;
+                return End::Shutdown;
+            };
+            match read {
                 Ok(0) => return End::Disconnected,
                 Ok(n) => reader.filled(n),
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => {
@@ -256,6 +296,12 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                         self.mailbox = Some(mailbox);
                         self.login = Some((login, mode));
                         self.session_slot = Some(slot);
+                        self.ctx
+                            .shared
+                            .metrics
+                            .sessions_open
+                            .get_or_create(&Metrics::label(mode))
+                            .inc();
                         self.session.logged_in(messages, mode, &mut self.out);
                     }
                     Err(failure) => {
@@ -269,9 +315,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 let Some(mut exchange) = self.session.take_sasl_exchange() else {
                     return Err(End::Error("SASL lookup without an exchange".into()));
                 };
-                let users = self.shared.users();
+                let users = self.ctx.shared.users();
                 let step = {
-                    let _permit = self.shared.hashing.acquire().await;
+                    let _permit = self.ctx.shared.hashing.acquire().await;
                     rt::unblock(move || {
                         let step = exchange.credentials(users.sasl_credentials(&authcid));
                         (exchange, step)
@@ -289,6 +335,15 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 };
                 // The mailbox, and with it the lock, is dropped before the reply is written.
                 let result = rt::unblock(move || mailbox.update(&marked)).await;
+                if let (Ok(report), Some((_, mode))) = (&result, &self.login) {
+                    let applied = self
+                        .ctx
+                        .shared
+                        .metrics
+                        .updates_applied
+                        .get_or_create(&Metrics::label(mode));
+                    applied.inc_by(report.done as u64);
+                }
                 self.session.update_finished(result, &mut self.out);
                 return Ok(Some(End::Quit));
             }
@@ -303,8 +358,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         login: String,
         credential: Credential,
     ) -> Result<LoggedIn, LoginFailure> {
-        let shared = self.shared;
-        let ip = self.peer.ip().to_canonical();
+        let shared = self.ctx.shared;
+        let config = &self.ctx.config;
+        let ip = self.ctx.peer.ip().to_canonical();
         let verified = {
             let _permit = shared.hashing.acquire().await;
             let users = shared.users();
@@ -329,12 +385,22 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         };
         let Some((entry, device)) = verified else {
             log::warn!("login failed: user={login:?} addr={ip}");
+            shared
+                .metrics
+                .logins
+                .get_or_create(&Metrics::result("failed"))
+                .inc();
             // Each failure from this address makes the next answer slower; other clients
             // are not slowed, since only this connection waits.
             rt::sleep(shared.limits.failed_login(ip, Instant::now())).await;
             return Err(LoginFailure::BadCredentials);
         };
         shared.limits.succeeded_login(ip);
+        shared
+            .metrics
+            .logins
+            .get_or_create(&Metrics::result("ok"))
+            .inc();
         if let Err(seconds) = shared.limits.login_delay(&login, Instant::now()) {
             log::info!("login refused, too soon (LOGIN-DELAY): user={login:?} addr={ip}");
             return Err(LoginFailure::TooSoon(seconds));
@@ -346,10 +412,10 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         // Another device of the user always keeps; the primary login gets the user's mode.
         let mode = match device {
             Some(_) => Mode::Keep,
-            None => entry.mode.unwrap_or(shared.config.mode),
+            None => entry.mode.unwrap_or(config.mode),
         };
         let dir = template::maildir_path(
-            shared.config.maildir.as_deref(),
+            config.maildir.as_deref(),
             &entry.name,
             entry.home.as_deref(),
         )
@@ -364,7 +430,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             Ok((mailbox, messages)) => {
                 log::info!(
                     "login: user={login:?} addr={} mode={mode} messages={}",
-                    self.peer.ip(),
+                    self.ctx.peer.ip(),
                     messages.len()
                 );
                 Ok(LoggedIn {
@@ -378,7 +444,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             Err(OpenError::InUse) => {
                 log::info!(
                     "login refused, mailbox in use: user={login:?} addr={}",
-                    self.peer.ip()
+                    self.ctx.peer.ip()
                 );
                 Err(LoginFailure::InUse)
             }
@@ -433,6 +499,11 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         }
         encoder.finish(&mut self.out);
         if top_lines.is_none() {
+            let metrics = &self.ctx.shared.metrics;
+            metrics.messages_retrieved.inc();
+            metrics
+                .octets_retrieved
+                .inc_by(self.session.message_size(index));
             mailbox = rt::unblock(move || {
                 if let Err(MessageError::Io(e)) = mailbox.mark_seen(index) {
                     log::debug!(
@@ -474,6 +545,14 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
     /// logs the session.
     async fn finish(mut self, end: End) {
         let _ = rt::timeout(Duration::from_secs(5), self.stream.close()).await;
+        if let Some((_, mode)) = &self.login {
+            self.ctx
+                .shared
+                .metrics
+                .sessions_open
+                .get_or_create(&Metrics::label(mode))
+                .dec();
+        }
         self.log_end(&end);
     }
 
@@ -486,7 +565,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         };
         log::info!(
             "session end: user={user:?} addr={} mode={mode} retrieved={} octets={} marked={} applied={} end={end}",
-            self.peer,
+            self.ctx.peer,
             stats.retrieved,
             stats.retrieved_octets,
             stats.marked,

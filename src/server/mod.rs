@@ -1,63 +1,101 @@
-//! The network side: listeners, TLS, connection limits, reloads, and the runtime behind them.
+//! The network side: listeners, TLS, limits, signals, reloads, metrics, and the runtime.
 
 mod connection;
+mod lifecycle;
 mod limits;
+mod metrics;
+mod privileges;
 mod rt;
 pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_lock::Semaphore;
+use sd_notify::NotifyState;
 
 use crate::auth::Users;
-use crate::config::Config;
+use crate::config::{Config, ConfigSource};
 use crate::protocol::response::{self, Code};
+use lifecycle::Shutdown;
+use metrics::{ListenerLabel, Metrics};
 
 /// What every connection shares.
 struct Shared {
-    config: Config,
-    /// Replaced whole on SIGHUP; sessions keep the copy they started with.
+    /// Replaced whole on SIGHUP; a session keeps the copy it started with.
+    config: RwLock<Arc<Config>>,
+    /// Where SIGHUP reads the configuration again.
+    source: Option<ConfigSource>,
     users: RwLock<Arc<Users>>,
-    /// Replaced on SIGHUP when the new certificate loads; None without TLS.
+    /// None without TLS; replaced on SIGHUP when the new certificate loads.
     tls: RwLock<Option<tls::Acceptor>>,
     /// Bounds concurrent password checks: an Argon2 verification takes 64 MiB and ~0.3 s.
     hashing: Semaphore,
     connections: AtomicUsize,
     limits: Arc<limits::Limits>,
+    metrics: Arc<Metrics>,
+    shutdown: Arc<Shutdown>,
+}
+
+/// Reads through a lock a panic may have poisoned: every writer stores a whole new value.
+fn read<T: Clone>(lock: &RwLock<T>) -> T {
+    lock.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+fn write<T>(lock: &RwLock<T>, value: T) {
+    *lock.write().unwrap_or_else(|e| e.into_inner()) = value;
 }
 
 impl Shared {
+    fn config(&self) -> Arc<Config> {
+        read(&self.config)
+    }
+
     fn users(&self) -> Arc<Users> {
-        // A poisoned lock still holds a valid Arc: a panic can't leave it half-written.
-        self.users.read().unwrap_or_else(|e| e.into_inner()).clone()
+        read(&self.users)
     }
 
     fn tls_acceptor(&self) -> Option<tls::Acceptor> {
-        self.tls.read().unwrap_or_else(|e| e.into_inner()).clone()
+        read(&self.tls)
     }
 
-    /// SIGHUP: re-reads the users file and the certificate. What fails to load is reported
-    /// and the old version stays in service, so a bad edit never takes the server down.
+    /// SIGHUP: the configuration, the users file and the certificate are read again. What
+    /// fails to load is reported and the old version stays in service, so a bad edit never
+    /// takes the server down. Listeners and limits keep their values until a restart.
     fn reload(&self) {
-        match Users::load(&self.config.users_file) {
+        let config = match &self.source {
+            Some(source) => match source.load() {
+                Ok(config) => {
+                    let config = Arc::new(config);
+                    write(&self.config, config.clone());
+                    log::info!("reloaded the configuration");
+                    config
+                }
+                Err(e) => {
+                    log::error!("configuration not reloaded, keeping the old one: {e}");
+                    self.config()
+                }
+            },
+            None => self.config(),
+        };
+        match Users::load(&config.users_file) {
             Ok(users) => {
                 log::info!(
                     "reloaded {} users from {}",
                     users.len(),
-                    self.config.users_file.display()
+                    config.users_file.display()
                 );
-                *self.users.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(users);
+                write(&self.users, Arc::new(users));
             }
             Err(e) => log::error!("users file not reloaded, keeping the old one: {e}"),
         }
-        if let Some(files) = &self.config.tls {
+        if let Some(files) = &config.tls {
             match tls::Acceptor::load(&files.cert, &files.key) {
                 Ok(acceptor) => {
                     log::info!("reloaded certificate {}", files.cert.display());
-                    *self.tls.write().unwrap_or_else(|e| e.into_inner()) = Some(acceptor);
+                    write(&self.tls, Some(acceptor));
                 }
                 Err(e) => log::error!("certificate not reloaded, keeping the old one: {e}"),
             }
@@ -65,11 +103,20 @@ impl Shared {
     }
 }
 
-/// Binds every listener, calls `on_ready` with the bound addresses (plain, then implicit
-/// TLS), and serves until the process ends. Fails early, with a message for the
-/// administrator, if a file or port is unusable.
+/// A bound listening socket and what it serves.
+struct Listener {
+    socket: rt::TcpListener,
+    addr: SocketAddr,
+    implicit_tls: bool,
+}
+
+/// Binds the listeners (or takes systemd's), drops root, calls `on_ready` with the plain
+/// and implicit-TLS addresses, and serves until SIGTERM or SIGINT; then stops accepting,
+/// says goodbye to idle sessions and waits up to the grace period for busy ones. Fails
+/// early, with a message for the administrator, if a file or port is unusable.
 pub fn run(
     config: Config,
+    source: impl Into<Option<ConfigSource>>,
     on_ready: impl FnOnce(&[SocketAddr], &[SocketAddr]),
 ) -> Result<(), String> {
     let users = Users::load(&config.users_file).map_err(|e| e.to_string())?;
@@ -91,14 +138,21 @@ pub fn run(
         None => None,
     };
     rt::block_on(async move {
-        let plain = bind_all(&config.listen, "plain POP3").await?;
-        let implicit = bind_all(&config.listen_tls, "implicit TLS").await?;
+        let listeners = listeners(&config).await?;
+        if listeners.iter().any(|l| l.implicit_tls) && acceptor.is_none() {
+            return Err("an implicit-TLS socket needs --tls-cert and --tls-key".into());
+        }
+        let metrics_listener = match config.metrics {
+            Some(addr) => Some(metrics::bind(addr).await?),
+            None => None,
+        };
+        privileges::drop_privileges(
+            config.user.as_deref(),
+            config.group.as_deref(),
+            config.allow_root,
+        )?;
         let parallel_hashes = std::thread::available_parallelism().map_or(2, |n| n.get());
         let shared = Arc::new(Shared {
-            users: RwLock::new(Arc::new(users)),
-            tls: RwLock::new(acceptor),
-            hashing: Semaphore::new(parallel_hashes),
-            connections: AtomicUsize::new(0),
             limits: limits::Limits::new(limits::LimitSettings {
                 per_ip: config.max_connections_per_ip,
                 sessions_per_user_ip: config.max_sessions_per_user_ip,
@@ -106,61 +160,146 @@ pub fn run(
                 failure_delay_max: config.auth_failure_delay_max,
                 login_delay: config.login_delay,
             }),
-            config,
+            config: RwLock::new(Arc::new(config)),
+            source: source.into(),
+            users: RwLock::new(Arc::new(users)),
+            tls: RwLock::new(acceptor),
+            hashing: Semaphore::new(parallel_hashes),
+            connections: AtomicUsize::new(0),
+            metrics: Arc::new(Metrics::new()),
+            shutdown: Arc::new(Shutdown::default()),
         });
-        watch_sighup(shared.clone())?;
-        let addrs = |listeners: &[(rt::TcpListener, SocketAddr)]| {
-            listeners.iter().map(|l| l.1).collect::<Vec<_>>()
-        };
-        on_ready(&addrs(&plain), &addrs(&implicit));
-        log::info!("ready");
-        for ((listener, _), implicit_tls) in plain
-            .into_iter()
-            .map(|l| (l, false))
-            .chain(implicit.into_iter().map(|l| (l, true)))
-        {
-            rt::spawn(accept_loop(listener, shared.clone(), implicit_tls));
+        lifecycle::watch_signals(shared.clone())?;
+        if let Some(listener) = metrics_listener {
+            rt::spawn(metrics::serve(
+                listener,
+                shared.metrics.clone(),
+                shared.shutdown.clone(),
+            ));
         }
-        // The accept loops run until the process ends.
-        futures_lite::future::pending::<()>().await;
+        let addrs = |tls: bool| -> Vec<SocketAddr> {
+            listeners
+                .iter()
+                .filter(|l| l.implicit_tls == tls)
+                .map(|l| l.addr)
+                .collect()
+        };
+        on_ready(&addrs(false), &addrs(true));
+        let accepting: Vec<_> = listeners
+            .into_iter()
+            .map(|l| accept_loop(l, shared.clone()))
+            .collect();
+        for task in accepting {
+            rt::spawn(task);
+        }
+        rt::spawn(lifecycle::watchdog());
+        log::info!("ready");
+        lifecycle::notify(&[NotifyState::Ready]);
+        shared.shutdown.wait().await;
+        drain(&shared).await;
         Ok(())
     })
 }
 
-async fn bind_all(
-    addrs: &[SocketAddr],
-    kind: &str,
-) -> Result<Vec<(rt::TcpListener, SocketAddr)>, String> {
+/// The systemd sockets when socket-activated (named `pop3s` for implicit TLS, anything else
+/// plain), else the configured addresses.
+async fn listeners(config: &Config) -> Result<Vec<Listener>, String> {
+    let inherited: Vec<(i32, String)> = sd_notify::listen_fds_with_names()
+        .map(|fds| fds.collect())
+        .unwrap_or_default();
     let mut bound = Vec::new();
-    for addr in addrs {
-        let listener = rt::TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        let local = listener.local_addr().map_err(|e| e.to_string())?;
-        log::info!("listening on {local} ({kind})");
-        bound.push((listener, local));
+    if !inherited.is_empty() {
+        for (fd, name) in inherited {
+            // SAFETY: systemd passed this descriptor to us alone (LISTEN_PID is ours), open
+            // and listening; nothing else in the process owns it.
+            let std_listener =
+                unsafe { <std::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            let socket = rt::TcpListener::from(std_listener);
+            let addr = socket
+                .local_addr()
+                .map_err(|e| format!("systemd socket {name}: {e}"))?;
+            let implicit_tls = name == "pop3s";
+            log::info!(
+                "listening on {addr} ({}, from systemd)",
+                if implicit_tls {
+                    "implicit TLS"
+                } else {
+                    "plain POP3"
+                }
+            );
+            bound.push(Listener {
+                socket,
+                addr,
+                implicit_tls,
+            });
+        }
+        return Ok(bound);
+    }
+    for (addrs, implicit_tls) in [(&config.listen, false), (&config.listen_tls, true)] {
+        for addr in addrs {
+            let socket = rt::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            let addr = socket.local_addr().map_err(|e| e.to_string())?;
+            log::info!(
+                "listening on {addr} ({})",
+                if implicit_tls {
+                    "implicit TLS"
+                } else {
+                    "plain POP3"
+                }
+            );
+            bound.push(Listener {
+                socket,
+                addr,
+                implicit_tls,
+            });
+        }
     }
     Ok(bound)
 }
 
-/// Reloads on SIGHUP from a thread of its own: reading files is blocking work.
-fn watch_sighup(shared: Arc<Shared>) -> Result<(), String> {
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
-        .map_err(|e| format!("cannot watch SIGHUP: {e}"))?;
-    std::thread::Builder::new()
-        .name("sighup".into())
-        .spawn(move || {
-            for _ in signals.forever() {
-                shared.reload();
-            }
-        })
-        .map_err(|e| format!("cannot start the SIGHUP thread: {e}"))?;
-    Ok(())
+/// After SIGTERM: idle sessions have been told goodbye by their connections; wait for busy
+/// ones (a RETR in progress, an UPDATE being applied) up to the grace period.
+async fn drain(shared: &Shared) {
+    let grace = shared.config().shutdown_grace;
+    let deadline = Instant::now() + grace;
+    while shared.connections.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        rt::sleep(Duration::from_millis(20)).await;
+    }
+    let left = shared.connections.load(Ordering::SeqCst);
+    if left > 0 {
+        log::warn!(
+            "closing {left} sessions still busy after {}",
+            humantime::format_duration(grace)
+        );
+    }
+    log::info!("stopped");
 }
 
-async fn accept_loop(listener: rt::TcpListener, shared: Arc<Shared>, implicit_tls: bool) {
+async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
+    let label = ListenerLabel {
+        listener: format!(
+            "{} {}",
+            listener.addr,
+            if listener.implicit_tls {
+                "tls"
+            } else {
+                "plain"
+            }
+        ),
+    };
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted =
+            futures_lite::future::or(async { Some(listener.socket.accept().await) }, async {
+                shared.shutdown.wait().await;
+                None
+            })
+            .await;
+        let Some(accepted) = accepted else {
+            return;
+        };
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors, say: back off instead of spinning.
@@ -169,25 +308,36 @@ async fn accept_loop(listener: rt::TcpListener, shared: Arc<Shared>, implicit_tl
                 continue;
             }
         };
-        let open = shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        let open = shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.metrics.connections.get_or_create(&label).inc();
+        let gauge = shared
+            .metrics
+            .connections_open
+            .get_or_create(&label)
+            .clone();
+        gauge.inc();
         let shared = shared.clone();
+        let label = label.clone();
+        let implicit_tls = listener.implicit_tls;
         rt::spawn(async move {
             let ip = peer.ip().to_canonical();
-            if open > shared.config.max_connections {
+            let config = shared.config();
+            if open > config.max_connections {
                 log::warn!("refusing {peer}: {open} connections open");
                 refuse(stream, "Too many connections, try again later").await;
             } else if let Some(_slot) = shared.limits.connection(ip) {
-                connection::serve(stream, peer, &shared, implicit_tls).await;
+                connection::serve(stream, peer, &shared, implicit_tls, &label).await;
             } else {
                 log::warn!("refusing {peer}: too many connections from {ip}");
                 refuse(stream, "Too many connections from your address").await;
             }
-            shared.connections.fetch_sub(1, Ordering::Relaxed);
+            gauge.dec();
+            shared.connections.fetch_sub(1, Ordering::SeqCst);
         });
     }
 }
 
-/// Tells a client over the connection limit why it is turned away. On an implicit-TLS
+/// Tells a client over a connection limit why it is turned away. On an implicit-TLS
 /// listener the client can't read plaintext; it sees the connection close, as it should.
 async fn refuse(mut stream: rt::TcpStream, why: &str) {
     use futures_lite::AsyncWriteExt;

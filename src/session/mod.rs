@@ -291,6 +291,14 @@ impl Session {
         }
     }
 
+    /// The size of message `index` (0-based) of a logged-in session; 0 otherwise.
+    pub fn message_size(&self, index: usize) -> u64 {
+        match &self.state {
+            State::Transaction(drop) => drop.messages.get(index).map_or(0, |m| m.size),
+            _ => 0,
+        }
+    }
+
     pub fn is_logged_in(&self) -> bool {
         matches!(self.state, State::Transaction(_) | State::Update(_))
     }

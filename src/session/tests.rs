@@ -175,6 +175,7 @@ fn capa_before_login_lists_user_when_plaintext_is_allowed() {
          PIPELINING\r\n\
          AUTH-RESP-CODE\r\n\
          USER\r\n\
+         SASL SCRAM-SHA-256 PLAIN LOGIN\r\n\
          EXPIRE NEVER\r\n\
          IMPLEMENTATION pop3d\r\n\
          .\r\n"
@@ -199,6 +200,7 @@ fn capa_before_login_omits_user_when_plaintext_is_refused() {
          RESP-CODES\r\n\
          PIPELINING\r\n\
          AUTH-RESP-CODE\r\n\
+         SASL SCRAM-SHA-256\r\n\
          EXPIRE NEVER\r\n\
          IMPLEMENTATION pop3d\r\n\
          .\r\n"
@@ -227,14 +229,40 @@ fn capa_after_login_shows_the_mode_and_not_user() {
     }
 }
 
+/// The lines of a CAPA reply that start with `prefix`.
+fn capa_lines(capa: &str, prefix: &str) -> Vec<String> {
+    assert!(capa.ends_with("\r\n.\r\n"), "{capa:?}");
+    capa.split("\r\n")
+        .filter(|line| line.starts_with(prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
 #[test]
-fn capa_offers_stls_only_when_enabled_and_never_sasl() {
-    let sessions = [
-        start(Settings::default()),
-        start(no_plaintext()),
-        start(with_apop()),
+fn capa_offers_stls_only_when_enabled_and_sasl_only_before_login() {
+    let apop_without_plaintext = Settings {
+        plaintext_auth: false,
+        ..with_apop()
+    };
+    // Before login: the mechanisms this connection may use, strongest first. SCRAM sends no
+    // password, so it is offered everywhere; the rest only where USER would be.
+    let before_login = [
+        (Settings::default(), "SASL SCRAM-SHA-256 PLAIN LOGIN"),
+        (no_plaintext(), "SASL SCRAM-SHA-256"),
+        (with_apop(), "SASL SCRAM-SHA-256 PLAIN LOGIN CRAM-MD5"),
+        (apop_without_plaintext, "SASL SCRAM-SHA-256"),
+    ];
+    for (settings, sasl) in before_login {
+        let context = format!("{settings:?}");
+        let capa = reply(&mut start(settings), "CAPA");
+        assert_eq!(capa_lines(&capa, "SASL"), [sasl], "{context}");
+        assert!(capa_lines(&capa, "STLS").is_empty(), "{context}");
+        assert!(capa_lines(&capa, "LOGIN-DELAY").is_empty(), "{context}");
+    }
+    let logged_in = [
         logged_in_session(&SIZES, Mode::Delete),
         logged_in_session(&[], Mode::Keep),
+        logged_in_with(with_apop(), &SIZES, Mode::Delete),
         // Once logged in, STLS is no longer offered even where it was before.
         logged_in_with(
             Settings {
@@ -245,15 +273,51 @@ fn capa_offers_stls_only_when_enabled_and_never_sasl() {
             Mode::Delete,
         ),
     ];
-    for mut session in sessions {
+    for mut session in logged_in {
         let capa = reply(&mut session, "CAPA");
-        assert!(capa.ends_with("\r\n.\r\n"), "{capa:?}");
-        for line in capa.split("\r\n") {
-            assert!(!line.starts_with("STLS"), "{capa:?}");
-            assert!(!line.starts_with("SASL"), "{capa:?}");
-            assert!(!line.starts_with("LOGIN-DELAY"), "{capa:?}");
+        for prefix in ["STLS", "SASL", "USER", "LOGIN-DELAY"] {
+            assert!(capa_lines(&capa, prefix).is_empty(), "{capa:?}");
         }
     }
+}
+
+#[test]
+fn capa_announces_login_delay_before_and_after_login() {
+    let settings = Settings {
+        login_delay: Some(300),
+        ..Settings::default()
+    };
+    let mut session = start(settings.clone());
+    assert_eq!(
+        reply(&mut session, "CAPA"),
+        "+OK Capability list follows\r\n\
+         TOP\r\n\
+         UIDL\r\n\
+         RESP-CODES\r\n\
+         PIPELINING\r\n\
+         AUTH-RESP-CODE\r\n\
+         USER\r\n\
+         SASL SCRAM-SHA-256 PLAIN LOGIN\r\n\
+         EXPIRE NEVER\r\n\
+         LOGIN-DELAY 300\r\n\
+         IMPLEMENTATION pop3d\r\n\
+         .\r\n"
+    );
+    let mut session = logged_in_with(settings, &SIZES, Mode::Keep);
+    assert_eq!(
+        reply(&mut session, "CAPA"),
+        "+OK Capability list follows\r\n\
+         TOP\r\n\
+         UIDL\r\n\
+         RESP-CODES\r\n\
+         PIPELINING\r\n\
+         AUTH-RESP-CODE\r\n\
+         EXPIRE NEVER\r\n\
+         LOGIN-DELAY 300\r\n\
+         X-POP3D-MODE keep\r\n\
+         IMPLEMENTATION pop3d\r\n\
+         .\r\n"
+    );
 }
 
 #[test]
@@ -268,6 +332,7 @@ fn capa_before_login_lists_stls_when_offered() {
          PIPELINING\r\n\
          AUTH-RESP-CODE\r\n\
          STLS\r\n\
+         SASL SCRAM-SHA-256\r\n\
          EXPIRE NEVER\r\n\
          IMPLEMENTATION pop3d\r\n\
          .\r\n"
@@ -545,6 +610,7 @@ fn stls_starts_tls_then_plaintext_logins_are_allowed() {
          PIPELINING\r\n\
          AUTH-RESP-CODE\r\n\
          USER\r\n\
+         SASL SCRAM-SHA-256 PLAIN LOGIN\r\n\
          EXPIRE NEVER\r\n\
          IMPLEMENTATION pop3d\r\n\
          .\r\n"

@@ -56,6 +56,10 @@ impl Server {
         if !args.iter().any(|a| a == "--auth-failure-delay") {
             args.extend(["--auth-failure-delay".into(), "10ms".into()]);
         }
+        // CI runs as root; the daemon refuses that unless told (or told to switch user).
+        if nix::unistd::geteuid().is_root() && !args.iter().any(|a| a == "--user") {
+            args.push("--allow-root".into());
+        }
         let (child, (addr, tls_addr), log) = spawn(&args);
         Server {
             child,
@@ -103,7 +107,7 @@ fn spawn(args: &[String]) -> (Child, Listening, Arc<Mutex<String>>) {
                 let addr: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
                 if rest.contains("implicit TLS") {
                     tls.get_or_insert(addr);
-                } else {
+                } else if rest.contains("plain POP3") {
                     plain.get_or_insert(addr);
                 }
             }
