@@ -201,8 +201,7 @@ pub fn run(
     })
 }
 
-/// The systemd sockets when socket-activated (named `pop3s` for implicit TLS, anything else
-/// plain), else the configured addresses.
+/// The systemd sockets when socket-activated, else the configured addresses.
 async fn listeners(config: &Config) -> Result<Vec<Listener>, String> {
     let inherited: Vec<(i32, String)> = sd_notify::listen_fds_with_names()
         .map(|fds| fds.collect())
@@ -218,7 +217,8 @@ async fn listeners(config: &Config) -> Result<Vec<Listener>, String> {
             let addr = socket
                 .local_addr()
                 .map_err(|e| format!("systemd socket {name}: {e}"))?;
-            let implicit_tls = name == "pop3s";
+            // A socket named pop3s, or an unnamed one on 995 (as pop3d.socket has it).
+            let implicit_tls = name == "pop3s" || (name != "pop3" && addr.port() == 995);
             log::info!(
                 "listening on {addr} ({}, from systemd)",
                 if implicit_tls {

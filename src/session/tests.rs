@@ -2,6 +2,11 @@
 
 use super::*;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::{Digest, Sha256};
+
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
@@ -1574,10 +1579,850 @@ fn plaintext_refusals_are_not_bad_commands() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// AUTH (RFC 5034): listing, PLAIN, LOGIN, SCRAM-SHA-256, CRAM-MD5, cancel, failures
+// ---------------------------------------------------------------------------------------------
+
+const CANCELLED: &str = "-ERR Authentication cancelled\r\n";
+const AUTH_FAILED: &str = "-ERR [AUTH] Authentication failed\r\n";
+const LOGGED_IN_DELETE: &str = "+OK Logged in, 3 messages (600 octets), delete mode\r\n";
+
+fn b64(bytes: impl AsRef<[u8]>) -> String {
+    BASE64.encode(bytes)
+}
+
+/// The decoded bytes of a `+ ` continuation, which must be the whole of `out`.
+#[track_caller]
+fn continuation(out: &str) -> Vec<u8> {
+    let encoded = out
+        .strip_prefix("+ ")
+        .and_then(|rest| rest.strip_suffix("\r\n"))
+        .unwrap_or_else(|| panic!("not one continuation line: {out:?}"));
+    assert!(!encoded.contains(['\r', '\n']), "{out:?}");
+    BASE64.decode(encoded).expect("a base64 challenge")
+}
+
+/// `+ ` continuation as text.
+#[track_caller]
+fn continuation_text(out: &str) -> String {
+    String::from_utf8(continuation(out)).expect("a UTF-8 challenge")
+}
+
+fn sasl_login(user: &str, credential: Credential) -> Effect {
+    Effect::Authenticate {
+        user: user.into(),
+        credential,
+    }
+}
+
+fn rejected(user: &str, reason: sasl::FailReason) -> Effect {
+    sasl_login(user, Credential::Rejected(reason))
+}
+
+/// alice's password is stored in clear, bob's as SCRAM keys (`pop3d hash-password --scheme
+/// SCRAM-SHA-256`), carol's as a hash SCRAM cannot use; all three are "secret".
+fn sasl_users() -> crate::auth::Users {
+    let scram = crate::auth::hash_password(crate::auth::Scheme::ScramSha256, b"secret")
+        .expect("SCRAM keys");
+    assert!(scram.starts_with("{SCRAM-SHA-256}4096,"), "{scram}");
+    crate::auth::Users::parse(&format!(
+        "alice:{{PLAIN}}secret\n\
+         bob:{scram}\n\
+         carol:{{SHA256-CRYPT}}$5$y/r94uo8vWGdUlsX$fc4dWJxZ9azC0UObRpIzQx0DB/72b/OxDaCdrO7t8f0\n"
+    ))
+    .expect("a valid users file")
+}
+
+/// Does what the I/O layer does for `Effect::SaslLookup`: takes the exchange, gives it the
+/// user's credentials and resumes the session with the step that came of it.
+#[track_caller]
+fn look_up(session: &mut Session, effect: Effect, users: &crate::auth::Users) -> (Effect, String) {
+    let Effect::SaslLookup { authcid } = effect else {
+        panic!("expected a credential lookup, got {effect:?}");
+    };
+    let mut exchange = session
+        .take_sasl_exchange()
+        .expect("the exchange to look up");
+    // The exchange is handed out once.
+    assert!(session.take_sasl_exchange().is_none());
+    let step = exchange.credentials(users.sasl_credentials(&authcid));
+    capture(|out| session.sasl_resume(exchange, step, out))
+}
+
+fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key");
+    mac.update(data);
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// An RFC 5802 client's side of one exchange after the server-first-message.
+struct ScramClient {
+    client_final: String,
+    server_final: String,
+}
+
+impl ScramClient {
+    /// Answers `server_first` for `client_first_bare` (sent after the `n,,` header).
+    #[track_caller]
+    fn answer(password: &str, client_first_bare: &str, server_first: &str) -> ScramClient {
+        let client_nonce = client_first_bare.split_once(",r=").expect("a nonce").1;
+        let mut fields = server_first.split(',');
+        let nonce = fields
+            .next()
+            .and_then(|f| f.strip_prefix("r="))
+            .expect("r=");
+        let salt = fields
+            .next()
+            .and_then(|f| f.strip_prefix("s="))
+            .expect("s=");
+        let iterations = fields
+            .next()
+            .and_then(|f| f.strip_prefix("i="))
+            .expect("i=");
+        assert_eq!(fields.next(), None, "{server_first}");
+        assert!(
+            nonce.starts_with(client_nonce) && nonce.len() > client_nonce.len(),
+            "the server nonce extends ours: {server_first}"
+        );
+        let salt = BASE64.decode(salt).expect("base64 salt");
+        let iterations: u32 = iterations.parse().expect("iterations");
+        let salted =
+            pbkdf2::pbkdf2_hmac_array::<Sha256, 32>(password.as_bytes(), &salt, iterations);
+        let client_key = hmac_sha256(&salted, b"Client Key");
+        let stored_key = Sha256::digest(&client_key);
+        let without_proof = format!("c={},r={nonce}", b64("n,,"));
+        let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
+        let signature = hmac_sha256(&stored_key, auth_message.as_bytes());
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(signature)
+            .map(|(k, s)| k ^ s)
+            .collect();
+        let server_key = hmac_sha256(&salted, b"Server Key");
+        ScramClient {
+            client_final: format!("{without_proof},p={}", b64(proof)),
+            server_final: format!(
+                "v={}",
+                b64(hmac_sha256(&server_key, auth_message.as_bytes()))
+            ),
+        }
+    }
+}
+
+/// Runs AUTH SCRAM-SHA-256 as `login` with `password` up to the server-first-message, with
+/// or without an initial response. Returns the client-first-message-bare and the
+/// server-first-message.
+fn scram_to_server_first(
+    session: &mut Session,
+    users: &crate::auth::Users,
+    login: &str,
+    initial_response: bool,
+) -> (String, String) {
+    let bare = format!("n={login},r=fyko+d2lbbFgONRv9qkxdawL");
+    let client_first = b64(format!("n,,{bare}"));
+    let effect = if initial_response {
+        let (effect, out) = run(session, format!("AUTH SCRAM-SHA-256 {client_first}"));
+        assert_eq!(out, "");
+        effect
+    } else {
+        // SCRAM is client-first: the first challenge is empty.
+        assert_eq!(reply(session, "AUTH SCRAM-SHA-256"), "+ \r\n");
+        let (effect, out) = run(session, &client_first);
+        assert_eq!(out, "");
+        effect
+    };
+    assert_eq!(
+        effect,
+        Effect::SaslLookup {
+            authcid: login.into()
+        }
+    );
+    let (effect, out) = look_up(session, effect, users);
+    assert_eq!(effect, Effect::None);
+    (bare, continuation_text(&out))
+}
+
+#[test]
+fn auth_alone_lists_the_mechanisms_of_the_connection() {
+    let cases = [
+        (Settings::default(), "SCRAM-SHA-256\r\nPLAIN\r\nLOGIN\r\n"),
+        (no_plaintext(), "SCRAM-SHA-256\r\n"),
+        (stls_offered(), "SCRAM-SHA-256\r\n"),
+        (
+            with_apop(),
+            "SCRAM-SHA-256\r\nPLAIN\r\nLOGIN\r\nCRAM-MD5\r\n",
+        ),
+        (
+            Settings {
+                plaintext_auth: false,
+                ..with_apop()
+            },
+            "SCRAM-SHA-256\r\n",
+        ),
+    ];
+    for (settings, mechanisms) in cases {
+        let mut session = start(settings);
+        let listing = format!("+OK Supported mechanisms follow\r\n{mechanisms}.\r\n");
+        assert_eq!(reply(&mut session, "AUTH"), listing);
+        assert_eq!(reply(&mut session, "auth"), listing);
+    }
+    // After STLS the plaintext mechanisms join.
+    let mut session = start(stls_offered());
+    assert_eq!(run(&mut session, "STLS").0, Effect::StartTls);
+    session.tls_started();
+    assert_eq!(
+        reply(&mut session, "AUTH"),
+        "+OK Supported mechanisms follow\r\nSCRAM-SHA-256\r\nPLAIN\r\nLOGIN\r\n.\r\n"
+    );
+    // Listing does not disturb a USER already sent.
+    let mut session = start(Settings::default());
+    assert_eq!(reply(&mut session, "USER alice"), "+OK Send PASS\r\n");
+    reply(&mut session, "AUTH");
+    assert_eq!(
+        run(&mut session, "PASS secret").0,
+        password_login("alice", "secret")
+    );
+}
+
+#[test]
+fn auth_plain_with_an_initial_response_checks_the_password() {
+    for line in [
+        format!("AUTH PLAIN {}", b64("\0alice\0secret")),
+        format!("auth plain {}", b64("\0alice\0secret")),
+        format!("AUTH Plain {}", b64("alice\0alice\0secret")),
+    ] {
+        let mut session = start(Settings::default());
+        assert_eq!(
+            run(&mut session, &line),
+            (password_login("alice", "secret"), String::new()),
+            "{line}"
+        );
+        assert_eq!(reply(&mut session, "STAT"), NOT_NOW);
+        let ((), out) = capture(|out| session.logged_in(messages(&SIZES), Mode::Delete, out));
+        assert_eq!(out, LOGGED_IN_DELETE);
+        assert_eq!(reply(&mut session, "STAT"), "+OK 3 600\r\n");
+    }
+    // A password may hold spaces and any UTF-8; a device login is just a login name.
+    let mut session = start(Settings::default());
+    assert_eq!(
+        run(
+            &mut session,
+            format!("AUTH PLAIN {}", b64("\0alice+phone\0 p ä ss "))
+        ),
+        (password_login("alice+phone", " p ä ss "), String::new())
+    );
+}
+
+#[test]
+fn auth_plain_without_an_initial_response_sends_an_empty_challenge() {
+    let mut session = start(Settings::default());
+    assert_eq!(reply(&mut session, "AUTH PLAIN"), "+ \r\n");
+    assert_eq!(
+        run(&mut session, b64("\0alice\0secret")),
+        (password_login("alice", "secret"), String::new())
+    );
+}
+
+#[test]
+fn auth_plain_empty_or_malformed_responses_fail_like_a_wrong_password() {
+    use sasl::FailReason::{AuthzidRefused, Malformed};
+    // `=` is the empty initial response (RFC 5034); PLAIN cannot be empty.
+    let cases = [
+        (format!("AUTH PLAIN ="), rejected("", Malformed)),
+        (
+            format!("AUTH PLAIN {}", b64("alice\0secret")),
+            rejected("", Malformed),
+        ),
+        (
+            format!("AUTH PLAIN {}", b64("\0alice\0")),
+            rejected("", Malformed),
+        ),
+        (
+            format!("AUTH PLAIN {}", b64("\0alice\0secret\0")),
+            rejected("", Malformed),
+        ),
+        (
+            format!("AUTH PLAIN {}", b64(b"\0ali\xffce\0secret")),
+            rejected("", Malformed),
+        ),
+        // No master users: acting as someone else is refused.
+        (
+            format!("AUTH PLAIN {}", b64("admin\0alice\0secret")),
+            rejected("alice", AuthzidRefused),
+        ),
+    ];
+    for (line, expected) in cases {
+        let mut session = start(Settings::default());
+        assert_eq!(
+            run(&mut session, &line),
+            (expected, String::new()),
+            "{line}"
+        );
+        let (effect, out) = capture(|out| session.login_failed(LoginFailure::BadCredentials, out));
+        assert_eq!(
+            (effect, out.as_str()),
+            (Effect::None, AUTH_FAILED),
+            "{line}"
+        );
+    }
+    // The same through a continuation: an empty line is an empty response.
+    for answer in ["", "="] {
+        let mut session = start(Settings::default());
+        assert_eq!(reply(&mut session, "AUTH PLAIN"), "+ \r\n");
+        assert_eq!(
+            run(&mut session, answer),
+            (rejected("", Malformed), String::new())
+        );
+    }
+}
+
+#[test]
+fn auth_login_asks_for_the_user_then_the_password() {
+    let mut session = start(Settings::default());
+    let out = reply(&mut session, "AUTH LOGIN");
+    assert_eq!(out, "+ VXNlcm5hbWU6\r\n");
+    assert_eq!(continuation_text(&out), "Username:");
+    let out = reply(&mut session, b64("alice"));
+    assert_eq!(out, "+ UGFzc3dvcmQ6\r\n");
+    assert_eq!(continuation_text(&out), "Password:");
+    assert_eq!(
+        run(&mut session, b64("secret")),
+        (password_login("alice", "secret"), String::new())
+    );
+    // With the user name as initial response, the password is asked for at once.
+    let mut session = start(Settings::default());
+    assert_eq!(
+        reply(&mut session, format!("AUTH LOGIN {}", b64("alice+laptop"))),
+        "+ UGFzc3dvcmQ6\r\n"
+    );
+    assert_eq!(
+        run(&mut session, b64("secret")),
+        (password_login("alice+laptop", "secret"), String::new())
+    );
+    // An empty user name or password fails the exchange.
+    let mut session = start(Settings::default());
+    assert_eq!(
+        run(&mut session, "AUTH LOGIN ="),
+        (rejected("", sasl::FailReason::Malformed), String::new())
+    );
+    let mut session = start(Settings::default());
+    reply(&mut session, "AUTH LOGIN");
+    reply(&mut session, b64("alice"));
+    assert_eq!(
+        run(&mut session, ""),
+        (
+            rejected("alice", sasl::FailReason::Malformed),
+            String::new()
+        )
+    );
+}
+
+#[test]
+fn scram_sha_256_logs_in_through_a_credential_lookup() {
+    let users = sasl_users();
+    // bob's keys are stored; alice's are derived from her plaintext password.
+    for (login, initial_response) in [
+        ("bob", false),
+        ("bob", true),
+        ("alice", false),
+        ("alice+phone", true),
+    ] {
+        let context = format!("{login}, initial response {initial_response}");
+        let mut session = start(Settings::default());
+        let (bare, server_first) =
+            scram_to_server_first(&mut session, &users, login, initial_response);
+        assert!(server_first.ends_with(",i=4096"), "{server_first}");
+        let client = ScramClient::answer("secret", &bare, &server_first);
+        // The server proves it holds the keys: its signature comes as a last challenge.
+        let out = reply(&mut session, b64(&client.client_final));
+        assert_eq!(continuation_text(&out), client.server_final, "{context}");
+        assert_eq!(
+            run(&mut session, ""),
+            (sasl_login(login, Credential::Verified), String::new()),
+            "{context}"
+        );
+        let ((), out) = capture(|out| session.logged_in(messages(&SIZES), Mode::Delete, out));
+        assert_eq!(out, LOGGED_IN_DELETE);
+        assert!(capa_lines(&reply(&mut session, "CAPA"), "SASL").is_empty());
+    }
+}
+
+#[test]
+fn scram_sha_256_is_offered_where_plaintext_logins_are_not() {
+    let users = sasl_users();
+    let mut session = start(stls_offered());
+    let (bare, server_first) = scram_to_server_first(&mut session, &users, "bob", false);
+    let client = ScramClient::answer("secret", &bare, &server_first);
+    let out = reply(&mut session, b64(&client.client_final));
+    assert_eq!(continuation_text(&out), client.server_final);
+    assert_eq!(
+        run(&mut session, "="),
+        (sasl_login("bob", Credential::Verified), String::new())
+    );
+}
+
+#[test]
+fn scram_sha_256_wrong_password_and_unknown_user_fail_alike() {
+    use sasl::FailReason::{Malformed, WrongCredentials};
+    let users = sasl_users();
+    let mut shapes = Vec::new();
+    for (login, password) in [
+        ("bob", "wrong"),
+        ("alice", "Secret"),
+        ("nobody", "secret"),
+        ("carol", "secret"),
+    ] {
+        let mut session = start(Settings {
+            max_auth_failures: 1,
+            ..Settings::default()
+        });
+        let (bare, server_first) = scram_to_server_first(&mut session, &users, login, true);
+        // The server-first-message looks the same for every kind of user.
+        let salt = server_first.split(",s=").nth(1).expect("salt");
+        shapes.push((server_first.len(), salt.len()));
+        let client = ScramClient::answer(password, &bare, &server_first);
+        assert_eq!(
+            run(&mut session, b64(&client.client_final)),
+            (rejected(login, WrongCredentials), String::new()),
+            "{login}"
+        );
+        let (effect, out) = capture(|out| session.login_failed(LoginFailure::BadCredentials, out));
+        assert_eq!(effect, Effect::Close);
+        assert_eq!(
+            out,
+            "-ERR [AUTH] Authentication failed; too many failures, closing\r\n"
+        );
+    }
+    assert!(shapes.windows(2).all(|w| w[0] == w[1]), "{shapes:?}");
+    // After the server's signature, only an empty response completes the login.
+    let mut session = start(Settings::default());
+    let (bare, server_first) = scram_to_server_first(&mut session, &users, "bob", false);
+    let client = ScramClient::answer("secret", &bare, &server_first);
+    reply(&mut session, b64(&client.client_final));
+    assert_eq!(
+        run(&mut session, b64("v=")),
+        (rejected("bob", Malformed), String::new())
+    );
+}
+
+#[test]
+fn cram_md5_is_offered_with_apop_and_checks_the_digest() {
+    let users = sasl_users();
+    let settings = Settings {
+        hostname: "mail.example.org".into(),
+        ..with_apop()
+    };
+    for (password, credential) in [
+        ("secret", Credential::Verified),
+        (
+            "wrong",
+            Credential::Rejected(sasl::FailReason::WrongCredentials),
+        ),
+    ] {
+        let mut session = start(settings.clone());
+        let challenge = continuation_text(&reply(&mut session, "AUTH CRAM-MD5"));
+        // RFC 2195: a unique `<...@host>` message id.
+        assert!(
+            challenge.starts_with('<') && challenge.ends_with("@mail.example.org>"),
+            "{challenge}"
+        );
+        let mut mac = Hmac::<md5::Md5>::new_from_slice(password.as_bytes()).expect("any key");
+        mac.update(challenge.as_bytes());
+        let digest: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let (effect, out) = run(&mut session, b64(format!("alice {digest}")));
+        assert_eq!(out, "");
+        assert_eq!(
+            look_up(&mut session, effect, &users),
+            (sasl_login("alice", credential), String::new())
+        );
+    }
+    // Each exchange has its own challenge.
+    let first = reply(&mut start(settings.clone()), "AUTH CRAM-MD5");
+    let second = reply(&mut start(settings), "AUTH CRAM-MD5");
+    assert_ne!(first, second);
+    // CRAM-MD5 is server-first: an initial response fails the exchange.
+    let mut session = start(with_apop());
+    assert_eq!(
+        run(&mut session, format!("AUTH CRAM-MD5 {}", b64("alice 0123"))),
+        (rejected("", sasl::FailReason::Malformed), String::new())
+    );
+}
+
+#[test]
+fn cram_md5_is_not_offered_without_apop() {
+    let mut session = start(Settings::default());
+    assert_eq!(
+        reply(&mut session, "AUTH CRAM-MD5"),
+        "-ERR Authentication mechanism CRAM-MD5 is not enabled\r\n"
+    );
+    assert_eq!(reply(&mut session, "USER alice"), "+OK Send PASS\r\n");
+}
+
+#[test]
+fn a_star_cancels_the_exchange_at_every_step() {
+    let users = sasl_users();
+    // Each case: the lines that lead to a challenge.
+    let scram_first = b64("n,,n=bob,r=abc");
+    let cases: [(Settings, Vec<String>); 6] = [
+        (Settings::default(), vec!["AUTH PLAIN".into()]),
+        (Settings::default(), vec!["AUTH LOGIN".into()]),
+        (Settings::default(), vec!["AUTH LOGIN".into(), b64("alice")]),
+        (Settings::default(), vec!["AUTH SCRAM-SHA-256".into()]),
+        (
+            Settings::default(),
+            vec![format!("AUTH SCRAM-SHA-256 {scram_first}")],
+        ),
+        (with_apop(), vec!["AUTH CRAM-MD5".into()]),
+    ];
+    for (settings, lines) in cases {
+        let context = format!("{lines:?}");
+        let mut session = start(Settings {
+            max_auth_failures: 1,
+            max_bad_commands: 1,
+            ..settings
+        });
+        for _ in 0..3 {
+            for line in &lines {
+                let (effect, out) = run(&mut session, line);
+                let (effect, out) = match effect {
+                    Effect::SaslLookup { .. } => look_up(&mut session, effect, &users),
+                    _ => (effect, out),
+                };
+                assert_eq!(effect, Effect::None, "{context}");
+                continuation(&out);
+            }
+            // Cancelling is neither a failed login nor a bad command: nothing closes.
+            assert_eq!(run(&mut session, "*"), (Effect::None, CANCELLED.into()));
+            assert!(session.take_sasl_exchange().is_none());
+        }
+        // Back in AUTHORIZATION: the next line is a command again.
+        assert_eq!(reply(&mut session, "USER alice"), "+OK Send PASS\r\n");
+        assert_eq!(
+            run(&mut session, "PASS secret").0,
+            password_login("alice", "secret")
+        );
+    }
+    // Cancelled after the server's signature too, though the proof was good.
+    let mut session = start(Settings::default());
+    let (bare, server_first) = scram_to_server_first(&mut session, &users, "bob", true);
+    let client = ScramClient::answer("secret", &bare, &server_first);
+    reply(&mut session, b64(&client.client_final));
+    assert_eq!(reply(&mut session, "*"), CANCELLED);
+    assert_eq!(reply(&mut session, "STAT"), NOT_BEFORE_LOGIN);
+}
+
+#[test]
+fn an_exchange_forgets_a_user_sent_before_it() {
+    let mut session = start(Settings::default());
+    reply(&mut session, "USER alice");
+    reply(&mut session, "AUTH PLAIN");
+    assert_eq!(reply(&mut session, "*"), CANCELLED);
+    assert_eq!(
+        reply(&mut session, "PASS secret"),
+        "-ERR Send USER first\r\n"
+    );
+}
+
+#[test]
+fn bad_base64_in_the_initial_response_is_a_bad_command() {
+    for initial in [
+        "!!!!",
+        "AGFsaWNlAHNlY3JldA",
+        "AGFsaWNl=AHNlY3JldA==",
+        "*",
+        "==",
+    ] {
+        let line = format!("AUTH PLAIN {initial}");
+        let mut session = start(Settings::default());
+        assert_eq!(
+            reply(&mut session, &line),
+            "-ERR Initial response is not valid base64\r\n",
+            "{line}"
+        );
+        // Still in AUTHORIZATION, with no exchange running.
+        assert_eq!(reply(&mut session, "USER alice"), "+OK Send PASS\r\n");
+        let mut session = start(Settings {
+            max_bad_commands: 1,
+            ..Settings::default()
+        });
+        assert_eq!(
+            run(&mut session, &line),
+            (
+                Effect::Close,
+                "-ERR Initial response is not valid base64; too many bad commands, closing\r\n"
+                    .into()
+            )
+        );
+    }
+}
+
+#[test]
+fn bad_base64_in_a_continuation_cancels_the_exchange() {
+    for answer in ["not base64", "YWxpY2U", "YW=xpY2U=", "\u{e4}", "**"] {
+        let mut session = start(Settings::default());
+        reply(&mut session, "AUTH LOGIN");
+        assert_eq!(
+            reply(&mut session, answer),
+            "-ERR Response is not valid base64; authentication cancelled\r\n",
+            "{answer:?}"
+        );
+        assert_eq!(reply(&mut session, "USER alice"), "+OK Send PASS\r\n");
+        // It counts as a bad command.
+        let mut session = start(Settings {
+            max_bad_commands: 1,
+            ..Settings::default()
+        });
+        reply(&mut session, "AUTH PLAIN");
+        assert_eq!(run(&mut session, answer).0, Effect::Close, "{answer:?}");
+    }
+}
+
+#[test]
+fn unknown_mechanisms_are_refused() {
+    let mut session = start(with_apop());
+    for (line, name) in [
+        ("AUTH DIGEST-MD5", "DIGEST-MD5"),
+        ("AUTH GSSAPI =", "GSSAPI"),
+        ("AUTH XOAUTH2 dXNlcj1hbGljZQ==", "XOAUTH2"),
+        ("AUTH SCRAM-SHA-1", "SCRAM-SHA-1"),
+        ("AUTH SCRAM-SHA-256-PLUS", "SCRAM-SHA-256-PLUS"),
+        ("AUTH =", "="),
+    ] {
+        assert_eq!(
+            reply(&mut session, line),
+            format!("-ERR Unsupported authentication mechanism {name}\r\n")
+        );
+    }
+    assert_eq!(
+        reply(&mut session, "AUTH PLAIN AAAA BBBB"),
+        "-ERR Too many arguments for AUTH\r\n"
+    );
+    // Unknown mechanisms are bad commands.
+    let mut session = start(Settings {
+        max_bad_commands: 2,
+        ..Settings::default()
+    });
+    reply(&mut session, "AUTH KERBEROS_V4");
+    assert_eq!(run(&mut session, "AUTH NTLM").0, Effect::Close);
+}
+
+#[test]
+fn plaintext_mechanisms_are_refused_with_auth_code_where_plaintext_is_not_allowed() {
+    let plain = format!("AUTH PLAIN {}", b64("\0alice\0secret"));
+    let lines = ["AUTH PLAIN", &plain, "AUTH LOGIN", "auth login YWxpY2U="];
+    let mut session = start(Settings {
+        max_bad_commands: 1,
+        ..no_plaintext()
+    });
+    for line in lines {
+        assert_eq!(reply(&mut session, line), PLAINTEXT_REFUSED, "{line}");
+    }
+    let mut session = start(Settings {
+        max_bad_commands: 1,
+        plaintext_auth: false,
+        ..with_apop()
+    });
+    assert_eq!(reply(&mut session, "AUTH CRAM-MD5"), PLAINTEXT_REFUSED);
+    let mut session = start(stls_offered());
+    for line in lines {
+        assert_eq!(
+            reply(&mut session, line),
+            PLAINTEXT_REFUSED_USE_STLS,
+            "{line}"
+        );
+    }
+    // Inside TLS they work.
+    assert_eq!(run(&mut session, "STLS").0, Effect::StartTls);
+    session.tls_started();
+    assert_eq!(
+        run(&mut session, &plain),
+        (password_login("alice", "secret"), String::new())
+    );
+}
+
+#[test]
+fn auth_is_refused_after_login() {
+    let scram = format!("AUTH SCRAM-SHA-256 {}", b64("n,,n=bob,r=abc"));
+    let mut session = logged_in_with(with_apop(), &SIZES, Mode::Delete);
+    for line in [
+        "AUTH",
+        "AUTH PLAIN",
+        "AUTH LOGIN",
+        "AUTH CRAM-MD5",
+        &scram,
+        "AUTH X",
+    ] {
+        assert_eq!(reply(&mut session, line), ALREADY_LOGGED_IN, "{line}");
+        assert!(session.take_sasl_exchange().is_none());
+    }
+    assert_eq!(reply(&mut session, "STAT"), "+OK 3 600\r\n");
+}
+
+#[test]
+fn a_failed_exchange_counts_as_a_failed_login() {
+    let mut session = start(Settings {
+        max_auth_failures: 3,
+        ..Settings::default()
+    });
+    // A SASL failure, a wrong password and another SASL failure: three failed logins.
+    let garbage = format!("AUTH PLAIN {}", b64("garbage"));
+    assert_eq!(
+        run(&mut session, &garbage),
+        (rejected("", sasl::FailReason::Malformed), String::new())
+    );
+    let (effect, out) = capture(|out| session.login_failed(LoginFailure::BadCredentials, out));
+    assert_eq!((effect, out.as_str()), (Effect::None, AUTH_FAILED));
+    reply(&mut session, "USER alice");
+    run(&mut session, "PASS wrong");
+    let (effect, out) = capture(|out| session.login_failed(LoginFailure::BadCredentials, out));
+    assert_eq!((effect, out.as_str()), (Effect::None, AUTH_FAILED));
+    reply(&mut session, "AUTH LOGIN");
+    reply(&mut session, b64("alice"));
+    assert_eq!(
+        run(&mut session, b64("wrong")),
+        (password_login("alice", "wrong"), String::new())
+    );
+    let (effect, out) = capture(|out| session.login_failed(LoginFailure::BadCredentials, out));
+    assert_eq!(
+        (effect, out.as_str()),
+        (
+            Effect::Close,
+            "-ERR [AUTH] Authentication failed; too many failures, closing\r\n"
+        )
+    );
+    assert!(reply(&mut session, "AUTH").starts_with("-ERR "));
+}
+
+#[test]
+fn too_many_sessions_and_login_delay_are_refused_without_counting_as_failures() {
+    let cases = [
+        (
+            LoginFailure::TooManySessions,
+            "-ERR [IN-USE] Too many sessions for this user from your address\r\n",
+        ),
+        (
+            LoginFailure::TooSoon(42),
+            "-ERR [LOGIN-DELAY] Logged in too recently; wait 42 more seconds\r\n",
+        ),
+    ];
+    let plain = format!("AUTH PLAIN {}", b64("\0alice\0secret"));
+    for (failure, text) in cases {
+        let mut session = start(Settings {
+            max_auth_failures: 1,
+            login_delay: Some(60),
+            ..Settings::default()
+        });
+        for _ in 0..3 {
+            // The same reply whichever way the client logged in.
+            reply(&mut session, "USER alice");
+            assert_eq!(
+                run(&mut session, "PASS secret").0,
+                password_login("alice", "secret")
+            );
+            let (effect, out) = capture(|out| session.login_failed(failure.clone(), out));
+            assert_eq!((effect, out.as_str()), (Effect::None, text));
+            assert_eq!(
+                run(&mut session, &plain).0,
+                password_login("alice", "secret")
+            );
+            let (effect, out) = capture(|out| session.login_failed(failure.clone(), out));
+            assert_eq!((effect, out.as_str()), (Effect::None, text));
+            assert!(!session.is_logged_in());
+        }
+        // A later attempt still logs in.
+        run(&mut session, &plain);
+        let ((), out) = capture(|out| session.logged_in(messages(&SIZES), Mode::Delete, out));
+        assert_eq!(out, LOGGED_IN_DELETE);
+    }
+}
+
+#[test]
+fn no_exchange_is_handed_out_unless_a_lookup_is_pending() {
+    let mut session = start(Settings::default());
+    assert!(session.take_sasl_exchange().is_none());
+    reply(&mut session, "AUTH SCRAM-SHA-256");
+    // Waiting for the client, not for a lookup: the exchange stays in the session.
+    assert!(session.take_sasl_exchange().is_none());
+    let (effect, _) = run(&mut session, b64("n,,n=bob,r=abc"));
+    assert_eq!(
+        effect,
+        Effect::SaslLookup {
+            authcid: "bob".into()
+        }
+    );
+    // While the lookup runs, no command does.
+    for line in ALL_COMMANDS {
+        assert_eq!(reply(&mut session, line), NOT_NOW, "{line}");
+    }
+    let mut exchange = session.take_sasl_exchange().expect("the exchange");
+    assert!(session.take_sasl_exchange().is_none());
+    for line in ALL_COMMANDS {
+        assert_eq!(reply(&mut session, line), NOT_NOW, "{line}");
+    }
+    // The lookup's result still lands normally.
+    let step = exchange.credentials(sasl_users().sasl_credentials("bob"));
+    let (effect, out) = capture(|out| session.sasl_resume(exchange, step, out));
+    assert_eq!(effect, Effect::None);
+    assert!(continuation_text(&out).starts_with("r=abc"), "{out:?}");
+    let mut session = authenticating(Settings::default());
+    assert!(session.take_sasl_exchange().is_none());
+}
+
+#[test]
+fn sasl_credentials_never_show_in_debug_output() {
+    let mut session = start(Settings::default());
+    let (effect, _) = run(
+        &mut session,
+        format!("AUTH PLAIN {}", b64("\0alice\0hunter2")),
+    );
+    let debug = format!("{effect:?} {session:?}");
+    assert!(!debug.contains("hunter2"), "{debug}");
+    assert_eq!(
+        format!(
+            "{:?}",
+            Credential::Rejected(sasl::FailReason::WrongCredentials)
+        ),
+        "Rejected(wrong credentials)"
+    );
+    assert_eq!(format!("{:?}", Credential::Verified), "Verified");
+    let mut session = start(Settings::default());
+    reply(&mut session, "AUTH LOGIN");
+    reply(&mut session, b64("alice"));
+    let (effect, _) = run(&mut session, b64("hunter2"));
+    let debug = format!("{effect:?} {session:?}");
+    assert!(!debug.contains("hunter2"), "{debug}");
+}
+
+/// A line over the limit in the middle of an exchange is answered with -ERR, so the client
+/// takes the exchange as over: the session must too, and read the next line as a command.
+#[test]
+fn a_long_line_during_an_exchange_ends_it() {
+    let mut session = start(Settings::default());
+    assert_eq!(reply(&mut session, "AUTH PLAIN"), "+ \r\n");
+    let (effect, out) = capture(|out| session.line_too_long(out));
+    assert_eq!(effect, Effect::None);
+    assert!(out.starts_with("-ERR "), "{out:?}");
+    assert!(!out.starts_with("+ "), "{out:?}");
+    assert_eq!(
+        reply(&mut session, "USER alice"),
+        "+OK Send PASS\r\n",
+        "the line after the -ERR was taken as a SASL response"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // Pending effects
 // ---------------------------------------------------------------------------------------------
 
-const ALL_COMMANDS: [&str; 15] = [
+const ALL_COMMANDS: [&str; 19] = [
+    "AUTH",
+    "AUTH PLAIN",
+    "AUTH PLAIN AGJvYgBwdw==",
+    "AUTH SCRAM-SHA-256 biwsbj1ib2Iscj1hYmM=",
     "USER bob",
     "PASS pw",
     "APOP bob 0123",
