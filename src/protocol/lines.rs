@@ -2,10 +2,14 @@
 //!
 //! RFC 2449 §4 caps a command line at 255 octets including CRLF. A longer line is reported
 //! once and then skipped up to its line end, so a client can never make us buffer more than
-//! `CAPACITY` bytes, however much it sends.
+//! the current limit plus one read, however much it sends.
 
 /// Longest command line we accept, CRLF included (RFC 2449 §4).
 pub const MAX_LINE: usize = 255;
+
+/// Longest answer to a SASL challenge. RFC 5034 sets no 255-octet limit there, and a PLAIN
+/// response with RFC 4616's longest names and password is about 1 KB of base64.
+pub const MAX_SASL_LINE: usize = 4096;
 
 /// Room for a few pipelined commands per read; a multiple of `MAX_LINE`.
 const CAPACITY: usize = 1024;
@@ -21,9 +25,11 @@ pub enum Line<'a> {
 
 /// A bounded buffer between socket reads and the command parser.
 pub struct LineReader {
-    buf: Box<[u8]>,
+    buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// The longest line accepted now, CRLF included.
+    limit: usize,
     /// True while skipping the rest of an overlong line.
     discarding: bool,
 }
@@ -37,10 +43,22 @@ impl Default for LineReader {
 impl LineReader {
     pub fn new() -> Self {
         LineReader {
-            buf: vec![0; CAPACITY].into_boxed_slice(),
+            buf: vec![0; CAPACITY],
             start: 0,
             end: 0,
+            limit: MAX_LINE,
             discarding: false,
+        }
+    }
+
+    /// Sets the longest line accepted from now on (`MAX_LINE` for commands, `MAX_SASL_LINE`
+    /// for SASL answers); the buffer grows to hold it, and shrinks back after.
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
+        let wanted = limit.next_power_of_two().max(CAPACITY);
+        if self.buf.len() != wanted && self.end <= wanted {
+            self.buf.resize(wanted, 0);
+            self.buf.shrink_to(wanted);
         }
     }
 
@@ -62,7 +80,8 @@ impl LineReader {
     /// not flush and read before calling `next_line`.
     pub fn has_line(&self) -> bool {
         let pending = &self.buf[self.start..self.end];
-        memchr::memchr(b'\n', pending).is_some() || (!self.discarding && pending.len() >= MAX_LINE)
+        memchr::memchr(b'\n', pending).is_some()
+            || (!self.discarding && pending.len() >= self.limit)
     }
 
     /// Drops everything buffered: after STLS, bytes sent in plaintext must not be run inside
@@ -85,7 +104,7 @@ impl LineReader {
                         self.discarding = false;
                         continue;
                     }
-                    if lf + 1 > MAX_LINE {
+                    if lf + 1 > self.limit {
                         return Some(Line::TooLong);
                     }
                     let mut line = &self.buf[line_start..line_start + lf];
@@ -98,7 +117,7 @@ impl LineReader {
                     self.start = self.end;
                     return None;
                 }
-                None if pending.len() >= MAX_LINE => {
+                None if pending.len() >= self.limit => {
                     self.start = self.end;
                     self.discarding = true;
                     return Some(Line::TooLong);
@@ -174,6 +193,21 @@ mod tests {
         input.extend_from_slice(b"\r\nSTAT\r\n");
         assert_eq!(feed(&mut r, &input), vec![Err(()), Ok(b"STAT".to_vec())]);
         assert_eq!(r.buf.len(), CAPACITY);
+    }
+
+    #[test]
+    fn a_raised_limit_takes_longer_lines_then_falls_back() {
+        let mut r = LineReader::new();
+        r.set_limit(MAX_SASL_LINE);
+        let mut line = vec![b'Q'; 3000];
+        line.extend_from_slice(b"\r\n");
+        assert_eq!(feed(&mut r, &line), vec![Ok(vec![b'Q'; 3000])]);
+        let mut too_long = vec![b'Q'; MAX_SASL_LINE];
+        too_long.extend_from_slice(b"\r\n");
+        assert_eq!(feed(&mut r, &too_long), vec![Err(())]);
+        r.set_limit(MAX_LINE);
+        assert_eq!(r.buf.len(), CAPACITY);
+        assert_eq!(feed(&mut r, &line), vec![Err(())]);
     }
 
     #[test]

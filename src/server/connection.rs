@@ -216,6 +216,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
     async fn run(&mut self) -> End {
         let mut reader = LineReader::new();
         loop {
+            reader.set_limit(self.session.line_limit());
             while let Some(line) = reader.next_line() {
                 let effect = match line {
                     Line::Command(line) => self.session.command(line, &mut self.out),

@@ -10,6 +10,7 @@ use std::str::FromStr;
 
 use crate::auth::sasl::{self, Exchange, Mechanism, Outcome, Seed, Step};
 use crate::protocol::command::{self, Command, MsgNum};
+use crate::protocol::lines;
 use crate::protocol::response::{self, Code};
 
 /// What QUIT does with the messages a session marked with DELE.
@@ -321,9 +322,21 @@ impl Session {
         }
     }
 
-    /// Reports a command line over the RFC 2449 limit.
+    /// Reports a line over the limit; during a SASL exchange that ends the exchange.
     pub fn line_too_long(&mut self, out: &mut Vec<u8>) -> Effect {
+        if let State::Sasl(_) = self.state {
+            self.state = State::Authorization { user: None };
+            return self.bad_command("Response too long; authentication cancelled", out);
+        }
         self.bad_command("Command line too long (255 octets at most)", out)
+    }
+
+    /// The longest line the session takes next: a SASL answer may be longer than a command.
+    pub fn line_limit(&self) -> usize {
+        match self.state {
+            State::Sasl(_) => lines::MAX_SASL_LINE,
+            _ => lines::MAX_LINE,
+        }
     }
 
     fn bad_command(&mut self, text: &str, out: &mut Vec<u8>) -> Effect {

@@ -1827,7 +1827,7 @@ fn auth_plain_empty_or_malformed_responses_fail_like_a_wrong_password() {
     use sasl::FailReason::{AuthzidRefused, Malformed};
     // `=` is the empty initial response (RFC 5034); PLAIN cannot be empty.
     let cases = [
-        (format!("AUTH PLAIN ="), rejected("", Malformed)),
+        ("AUTH PLAIN =".to_string(), rejected("", Malformed)),
         (
             format!("AUTH PLAIN {}", b64("alice\0secret")),
             rejected("", Malformed),
@@ -2342,7 +2342,10 @@ fn too_many_sessions_and_login_delay_are_refused_without_counting_as_failures() 
 
 #[test]
 fn no_exchange_is_handed_out_unless_a_lookup_is_pending() {
-    let mut session = start(Settings::default());
+    let mut session = start(Settings {
+        max_bad_commands: 100,
+        ..Settings::default()
+    });
     assert!(session.take_sasl_exchange().is_none());
     reply(&mut session, "AUTH SCRAM-SHA-256");
     // Waiting for the client, not for a lookup: the exchange stays in the session.
@@ -2546,7 +2549,22 @@ fn random_line(rng: &mut XorShift, logged_out: bool) -> Vec<u8> {
     // Half the time a plausible command, so sessions get logged in and do real work.
     if rng.percent(50) {
         if logged_out {
-            let line = *rng.pick(&["USER alice", "PASS secret", "APOP alice 0123abcd", "STLS"]);
+            let line = *rng.pick(&[
+                "USER alice",
+                "PASS secret",
+                "APOP alice 0123abcd",
+                "STLS",
+                "AUTH",
+                "AUTH PLAIN",
+                "AUTH PLAIN AGFsaWNlAHNlY3JldA==",
+                "AUTH PLAIN =",
+                "AUTH LOGIN",
+                "AUTH LOGIN YWxpY2U=",
+                "AUTH SCRAM-SHA-256",
+                "AUTH SCRAM-SHA-256 biwsbj1hbGljZSxyPWFiYw==",
+                "AUTH CRAM-MD5",
+                "AUTH XOAUTH2",
+            ]);
             return line.as_bytes().to_vec();
         }
         let n = rng.below(7);
@@ -2587,6 +2605,28 @@ fn random_line(rng: &mut XorShift, logged_out: bool) -> Vec<u8> {
         }
     }
     line
+}
+
+/// A line sent in answer to a `+ ` challenge: half the time one that suits some mechanism,
+/// otherwise anything (which the session must take as a base64 response).
+fn random_sasl_answer(rng: &mut XorShift) -> Vec<u8> {
+    if rng.percent(50) {
+        return random_line(rng, true);
+    }
+    let answer = *rng.pick(&[
+        "*",
+        "",
+        "=",
+        "AGFsaWNlAHNlY3JldA==",     // \0alice\0secret
+        "YWxpY2U=",                 // alice
+        "c2VjcmV0",                 // secret
+        "biwsbj1hbGljZSxyPWFiYw==", // n,,n=alice,r=abc
+        "YWxpY2UgMDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=", // alice 0123...cdef
+        "Yz1iaXdzLHI9YWJjLHA9QUFBQQ==", // c=biws,r=abc,p=AAAA
+        "!!!",
+        "YWxpY2U",
+    ]);
+    answer.as_bytes().to_vec()
 }
 
 /// Checks `out` is exactly one well-formed reply: a status line of at most 512 octets and,
@@ -2641,10 +2681,14 @@ fn random_command_lines_never_break_the_protocol() {
     let mut sends = 0;
     let mut updates = 0;
     let mut starttls = 0;
-    for session_no in 0..400 {
+    let mut challenges = 0;
+    let mut lookups = 0;
+    let mut sasl_logins = 0;
+    let users = sasl_users();
+    for session_no in 0..700 {
         let settings = Settings {
             plaintext_auth: rng.percent(85),
-            login_delay: None,
+            login_delay: rng.percent(30).then(|| 1 + rng.below(600)),
             stls: rng.percent(50),
             apop_banner: rng.percent(50).then(|| "<1.2@test>".to_string()),
             max_auth_failures: 1 + rng.below(4) as u32,
@@ -2657,23 +2701,64 @@ fn random_command_lines_never_break_the_protocol() {
         let mut sizes: Vec<u64> = Vec::new();
         let mut deleted: Vec<bool> = Vec::new();
         let mut login_mode = Mode::Delete;
+        // Whether the last reply was a `+ ` challenge, so the next line is its answer.
+        let mut in_sasl = false;
 
         'session: for _ in 0..60 {
             assert_eq!(session.is_logged_in(), phase == Phase::LoggedIn);
+            if rng.percent(5) {
+                // Misuse: no exchange is handed out unless a lookup is pending.
+                assert!(session.take_sasl_exchange().is_none());
+            }
             let mut out = Vec::new();
-            let (line, effect) = if rng.percent(3) {
+            // A long line inside an exchange is left to a_long_line_during_an_exchange_ends_it.
+            let (line, mut effect) = if rng.percent(3) && !in_sasl {
                 (b"<too long>".to_vec(), session.line_too_long(&mut out))
             } else {
-                let line = random_line(&mut rng, phase == Phase::LoggedOut);
+                let line = if in_sasl {
+                    random_sasl_answer(&mut rng)
+                } else {
+                    random_line(&mut rng, phase == Phase::LoggedOut)
+                };
                 let effect = session.command(&line, &mut out);
                 (line, effect)
             };
             lines_sent += 1;
             let context = format!("session {session_no}, {:?}", String::from_utf8_lossy(&line));
-            let cmd = command::parse(&line).ok();
+            let answered_challenge = std::mem::take(&mut in_sasl);
+            // An answer to a challenge is not a command, whatever it looks like.
+            let cmd = if answered_challenge || line == b"<too long>" {
+                None
+            } else {
+                command::parse(&line).ok()
+            };
+            let from_sasl = answered_challenge || matches!(cmd, Some(Command::Auth(Some(_))));
+            if let Effect::SaslLookup { authcid } = effect {
+                assert_eq!(phase, Phase::LoggedOut, "{context}");
+                assert!(from_sasl, "{context}");
+                assert!(out.is_empty(), "{context}: {out:?}");
+                let mut exchange = session.take_sasl_exchange().expect("the exchange");
+                let step = exchange.credentials(users.sasl_credentials(&authcid));
+                effect = session.sasl_resume(exchange, step, &mut out);
+                assert!(
+                    !matches!(effect, Effect::SaslLookup { .. }),
+                    "{context}: a second lookup"
+                );
+                lookups += 1;
+            }
+            if effect == Effect::None && out.starts_with(b"+ ") {
+                assert_eq!(phase, Phase::LoggedOut, "{context}");
+                assert!(from_sasl, "{context}: a challenge for {out:?}");
+                continuation(&text(&out));
+                in_sasl = true;
+                challenges += 1;
+                continue;
+            }
             let multi_line = matches!(
                 cmd,
-                Some(Command::Capa | Command::List(None) | Command::Uidl(None))
+                Some(
+                    Command::Capa | Command::List(None) | Command::Uidl(None) | Command::Auth(None)
+                )
             );
             // For a command naming one message: whether the model says it may be used.
             let target = match cmd {
@@ -2730,9 +2815,18 @@ fn random_command_lines_never_break_the_protocol() {
                     assert!(matches!(effect, Effect::None | Effect::Close));
                     break 'session;
                 }
-                Effect::Authenticate { .. } => {
+                Effect::Authenticate { credential, .. } => {
                     assert_eq!(phase, Phase::LoggedOut, "{context}");
                     assert!(out.is_empty(), "{context}: {out:?}");
+                    assert!(
+                        from_sasl || matches!(cmd, Some(Command::Pass(_) | Command::Apop { .. })),
+                        "{context}"
+                    );
+                    if from_sasl {
+                        sasl_logins += 1;
+                    }
+                    // A failed exchange never logs in.
+                    let rejected = matches!(credential, Credential::Rejected(_));
                     if rng.percent(20) {
                         // Misuse: a command before the verdict is refused.
                         let (effect, out) = run(&mut session, random_line(&mut rng, true));
@@ -2746,7 +2840,7 @@ fn random_command_lines_never_break_the_protocol() {
                         assert!(!session.is_logged_in());
                     }
                     let mut out = Vec::new();
-                    if rng.percent(60) {
+                    if rng.percent(60) && !rejected {
                         sizes = (0..rng.below(6)).map(|_| rng.below(100_000)).collect();
                         deleted = vec![false; sizes.len()];
                         let mode = *rng.pick(&[Mode::Delete, Mode::Keep]);
@@ -2757,14 +2851,20 @@ fn random_command_lines_never_break_the_protocol() {
                         phase = Phase::LoggedIn;
                         logins += 1;
                     } else {
-                        let failure = rng
-                            .pick(&[
+                        let wait = 1 + rng.below(300);
+                        let failure = if rejected {
+                            LoginFailure::BadCredentials
+                        } else {
+                            rng.pick(&[
                                 LoginFailure::BadCredentials,
                                 LoginFailure::InUse,
+                                LoginFailure::TooManySessions,
+                                LoginFailure::TooSoon(wait),
                                 LoginFailure::System("Cannot open the mailbox".into()),
                                 LoginFailure::Misconfigured("Mailbox is not available".into()),
                             ])
-                            .clone();
+                            .clone()
+                        };
                         let effect = session.login_failed(failure, &mut out);
                         assert!(!check_reply(&out, false, &context));
                         match effect {
@@ -2840,13 +2940,7 @@ fn random_command_lines_never_break_the_protocol() {
                     assert!(!session.is_logged_in());
                     break 'session;
                 }
-                Effect::SaslLookup { authcid } => {
-                    let mut exchange = session.take_sasl_exchange().expect("exchange");
-                    let step = exchange
-                        .credentials(crate::auth::Users::default().sasl_credentials(&authcid));
-                    let mut out = Vec::new();
-                    session.sasl_resume(exchange, step, &mut out);
-                }
+                Effect::SaslLookup { .. } => unreachable!("resolved above"),
                 Effect::StartTls => {
                     assert_eq!(phase, Phase::LoggedOut, "{context}");
                     assert_eq!(text(&out), "+OK Begin TLS negotiation\r\n", "{context}");
@@ -2863,4 +2957,7 @@ fn random_command_lines_never_break_the_protocol() {
     assert!(sends > 50, "{sends}");
     assert!(updates > 10, "{updates}");
     assert!(starttls > 10, "{starttls}");
+    assert!(challenges > 200, "{challenges}");
+    assert!(lookups > 20, "{lookups}");
+    assert!(sasl_logins > 50, "{sasl_logins}");
 }

@@ -358,3 +358,20 @@ impl Server {
         self.child.id()
     }
 }
+
+impl Server {
+    /// Waits (bounded) for the daemon to exit by itself, as after SIGTERM: its exit status,
+    /// or None if it is still running once `limit` has passed.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}

@@ -1,0 +1,2657 @@
+//! pop3bench: the load generator behind pop3d's benchmark numbers.
+//!
+//! ```sh
+//! cargo build --release && cargo run --release --example pop3bench -- [options]
+//! ```
+//!
+//! By default it is self-contained: it generates a Maildir of mixed-size messages, a users
+//! file and a self-signed certificate in a temporary folder, starts the release `pop3d` on
+//! loopback ports, runs the workloads, prints a Markdown table on stdout and stops the daemon.
+//! With `--target ADDR --user U --pass P` it measures a server that is already running
+//! (Dovecot, say) over a mailbox the caller provides; the content checksums are then skipped,
+//! since only the sizes the server itself announces are known.
+//!
+//! Workloads (`--bench`, default `sessions,retr`):
+//! - `sessions`: C clients loop over connect, USER/PASS, STAT, QUIT for a fixed time, over
+//!   plain POP3, STLS and implicit TLS. Mail clients poll: the cost of a short session is
+//!   what a server with many phones and laptops spends most of its time on.
+//! - `retr`: one client downloads the whole mailbox with pipelined RETRs and checks every
+//!   message: the bulk path (file reads, CRLF conversion, dot-stuffing, TLS).
+//! - `idle`: many logged-in sessions held open, to read the server's memory per session.
+//! - `bigbox`: login, UIDL and LIST on a mailbox of 100 000 small messages: the listing and
+//!   size-cache paths, which grow with the mailbox rather than with the traffic.
+//!
+//! The client is deliberately simple (blocking std threads, rustls) so that it is cheap and
+//! easy to trust. On a small machine it still shares the CPUs with the server, so compare
+//! numbers from the same machine only.
+//!
+//! Every loop is bounded in count and time, every socket has a timeout, and the daemon is
+//! killed by a guard on every exit path (errors and panics included). The idle workload needs
+//! two file descriptors per session (ours and the daemon's): the soft open-files limit is
+//! raised toward the hard one before the daemon starts, so that it inherits the higher limit.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, mpsc};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use argh::FromArgs;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{
+    ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme,
+    StreamOwned,
+};
+use sha2::{Digest, Sha256};
+
+/// How long one read or write on a client socket may block: a stuck server fails the
+/// workload with an error instead of hanging the benchmark.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long pop3d may take to log "ready".
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Status lines, LIST and UIDL lines are short; a longer one means a broken server.
+const MAX_STATUS_LINE: usize = 4096;
+/// Read buffers: small for the many-session workloads (2000 idle clients must not cost
+/// half a gigabyte here), large for downloads so one read() brings in many lines.
+const SMALL_BUF: usize = 16 * 1024;
+const BIG_BUF: usize = 256 * 1024;
+/// Bound on a LIST or UIDL reply, which grows with the mailbox (100 000 messages: ~3 MB).
+const LISTING_LIMIT: u64 = 512 * 1024 * 1024;
+/// How many error messages each workload prints; the rest are only counted.
+const ERRORS_SHOWN: usize = 5;
+/// Messages in the `idle` user's mailbox: small, so that the memory per session measures
+/// the connection rather than the listing of a large mailbox.
+const IDLE_MAILBOX: usize = 10;
+/// Threads opening the idle workload's sessions.
+const IDLE_OPENERS: usize = 4;
+/// How long opening all idle sessions may take before the workload gives up.
+const IDLE_OPEN_LIMIT: Duration = Duration::from_secs(120);
+
+#[derive(FromArgs)]
+/// Load generator for pop3d: session rate, RETR throughput, memory per idle session and big
+/// mailboxes, against a pop3d it starts itself or (--target) a running POP3 server.
+struct Args {
+    /// workloads, comma-separated: sessions, retr, idle, bigbox (default sessions,retr)
+    #[argh(option, default = "String::from(\"sessions,retr\")")]
+    bench: String,
+    /// concurrent clients in the sessions workload (default 16)
+    #[argh(option, default = "16")]
+    clients: usize,
+    /// seconds each sessions run lasts, per transport (default 5)
+    #[argh(option, default = "5.0")]
+    seconds: f64,
+    /// messages in the generated mailbox (default 2000)
+    #[argh(option, default = "2000")]
+    messages: usize,
+    /// full-mailbox downloads per transport in the retr workload (default 3)
+    #[argh(option, default = "3")]
+    rounds: usize,
+    /// RETR commands per write when pipelining (default 64)
+    #[argh(option, default = "64")]
+    batch: usize,
+    /// logged-in sessions the idle workload holds open (default 2000)
+    #[argh(option, default = "2000")]
+    idle: usize,
+    /// messages in the bigbox workload's mailbox (default 100000)
+    #[argh(option, default = "100000")]
+    bigbox: usize,
+    /// seed of the message generator, so every run serves the same mailbox (default 1)
+    #[argh(option, default = "1")]
+    seed: u64,
+    /// the pop3d binary (default: pop3d in the target directory this example was built in)
+    #[argh(option)]
+    pop3d: Option<PathBuf>,
+    /// folder for the temporary mailboxes (default: the system's temporary folder)
+    #[argh(option)]
+    tmpdir: Option<PathBuf>,
+    /// benchmark the running POP3 server at this plain address instead of starting pop3d
+    #[argh(option)]
+    target: Option<SocketAddr>,
+    /// implicit-TLS address of the --target server (without it, the tls transport is skipped)
+    #[argh(option)]
+    tls_target: Option<SocketAddr>,
+    /// user to log in as on the --target server
+    #[argh(option)]
+    user: Option<String>,
+    /// password of --user
+    #[argh(option)]
+    pass: Option<String>,
+    /// PEM certificate(s) to trust for the --target server's TLS
+    #[argh(option)]
+    ca: Option<PathBuf>,
+    /// accept any certificate from the --target server (measuring only, never for real mail)
+    #[argh(switch)]
+    insecure: bool,
+    /// name the server certificate must carry (default localhost)
+    #[argh(option, default = "String::from(\"localhost\")")]
+    server_name: String,
+    /// process id of the --target server, to report its CPU time and memory
+    #[argh(option)]
+    server_pid: Option<u32>,
+    /// user with a big mailbox on the --target server, for the bigbox workload
+    #[argh(option)]
+    bigbox_user: Option<String>,
+    /// password of --bigbox-user
+    #[argh(option)]
+    bigbox_pass: Option<String>,
+    /// let TLS clients resume sessions (default: a full handshake every time, the worst case)
+    #[argh(switch)]
+    tls_resume: bool,
+    /// also write the results as JSON to this file
+    #[argh(option)]
+    json: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args: Args = argh::from_env();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("pop3bench: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    let workloads = Workload::parse_list(&args.bench)?;
+    check_args(args)?;
+    if cfg!(debug_assertions) {
+        eprintln!("pop3bench: warning: built without --release; the client itself will be slow");
+    }
+    // Before the daemon starts: it inherits the raised limit.
+    let fds = if workloads.contains(&Workload::Idle) {
+        args.idle as u64
+    } else {
+        0
+    } + 3 * args.clients as u64
+        + 256;
+    ensure_fd_limit(fds)?;
+
+    let setup_started = Instant::now();
+    let env = match args.target {
+        Some(plain) => Env::target(args, plain)?,
+        None => Env::self_contained(args, &workloads)?,
+    };
+    let mut report = Report::new(args, &env);
+    report.timing("setup", setup_started.elapsed(), None);
+
+    for &workload in &workloads {
+        eprintln!("pop3bench: --- {} ---", workload.name());
+        let started = Instant::now();
+        let cpu_before = CpuSnapshot::take(&env);
+        let result = match workload {
+            Workload::Sessions => bench_sessions(&env, args, &mut report),
+            Workload::Retr => bench_retr(&env, args, &mut report),
+            Workload::Idle => bench_idle(&env, args, &mut report),
+            Workload::Bigbox => bench_bigbox(&env, args, &mut report),
+        };
+        let took = started.elapsed();
+        let usage = cpu_before.and_then(|c| c.usage_since(&env));
+        eprintln!(
+            "pop3bench: {} took {:.1} s ({})",
+            workload.name(),
+            took.as_secs_f64(),
+            usage.map_or("too short for CPU figures".into(), |u| u.to_string())
+        );
+        report.timing(workload.name(), took, usage);
+        if let Err(e) = result {
+            // The other workloads may still work: report this one as failed and go on.
+            eprintln!("pop3bench: {} failed: {e}", workload.name());
+            report.rows.push(Row::failed(workload.name(), &e));
+        }
+    }
+
+    if let Some(fixture) = &env.fixture {
+        report.server_log = Some(fixture.daemon.log().summary());
+    }
+    print!("{}", report.markdown());
+    if let Some(path) = &args.json {
+        fs::write(path, report.json().render())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        eprintln!("pop3bench: wrote {}", path.display());
+    }
+    let errors: u64 = report.rows.iter().map(|r| r.errors).sum();
+    if errors > 0 {
+        return Err(format!(
+            "{errors} errors (see the table and the messages above)"
+        ));
+    }
+    Ok(())
+}
+
+/// Keeps every loop bounded: no option may ask for an unbounded or absurd run.
+fn check_args(args: &Args) -> Result<(), String> {
+    let bounded = |name: &str, value: usize, max: usize| {
+        if value == 0 || value > max {
+            Err(format!("--{name} must be between 1 and {max}"))
+        } else {
+            Ok(())
+        }
+    };
+    bounded("clients", args.clients, 1024)?;
+    bounded("messages", args.messages, 1_000_000)?;
+    bounded("rounds", args.rounds, 100)?;
+    bounded("batch", args.batch, 1000)?;
+    bounded("idle", args.idle, 100_000)?;
+    bounded("bigbox", args.bigbox, 2_000_000)?;
+    if !(args.seconds > 0.0 && args.seconds <= 3600.0) {
+        return Err("--seconds must be above 0 and at most 3600".into());
+    }
+    if args.target.is_none() {
+        let target_only = [
+            ("--tls-target", args.tls_target.is_some()),
+            ("--user", args.user.is_some()),
+            ("--pass", args.pass.is_some()),
+            ("--ca", args.ca.is_some()),
+            ("--insecure", args.insecure),
+            ("--server-pid", args.server_pid.is_some()),
+            ("--bigbox-user", args.bigbox_user.is_some()),
+            ("--bigbox-pass", args.bigbox_pass.is_some()),
+        ];
+        if let Some((flag, _)) = target_only.iter().find(|(_, set)| *set) {
+            return Err(format!("{flag} only goes with --target"));
+        }
+    } else if args.pop3d.is_some() || args.tmpdir.is_some() {
+        return Err("--pop3d and --tmpdir are for the self-contained mode, not --target".into());
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Workload {
+    Sessions,
+    Retr,
+    Idle,
+    Bigbox,
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Sessions => "sessions",
+            Workload::Retr => "retr",
+            Workload::Idle => "idle",
+            Workload::Bigbox => "bigbox",
+        }
+    }
+
+    fn parse_list(list: &str) -> Result<Vec<Workload>, String> {
+        let mut out = Vec::new();
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let workload = match name {
+                "sessions" => Workload::Sessions,
+                "retr" => Workload::Retr,
+                "idle" => Workload::Idle,
+                "bigbox" => Workload::Bigbox,
+                other => {
+                    return Err(format!(
+                        "unknown workload {other:?}: use sessions, retr, idle, bigbox"
+                    ));
+                }
+            };
+            if !out.contains(&workload) {
+                out.push(workload);
+            }
+        }
+        if out.is_empty() {
+            return Err("--bench names no workload".into());
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Transport {
+    /// POP3 over TCP, no TLS.
+    Plain,
+    /// Plain connection, then STLS (RFC 2595) and a TLS handshake before login.
+    Stls,
+    /// TLS from the first byte (RFC 8314, port 995).
+    Tls,
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Plain => "plain",
+            Transport::Stls => "stls",
+            Transport::Tls => "tls",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the workloads run against
+// ---------------------------------------------------------------------------------------------
+
+/// The server under test, and what the workloads know about it.
+struct Env {
+    plain: SocketAddr,
+    /// The implicit-TLS listener, if there is one.
+    tls_addr: Option<SocketAddr>,
+    /// None when certificates can't be checked (--target without --ca or --insecure): the
+    /// TLS transports are then skipped rather than run unverified by accident.
+    tls: Option<Arc<ClientConfig>>,
+    server_name: ServerName<'static>,
+    user: String,
+    pass: String,
+    /// The server process, for its CPU time and memory; None when unknown.
+    server: Option<Proc>,
+    /// Self-contained mode only: what each message must be on the wire, by UIDL.
+    expected: Option<HashMap<String, Expected>>,
+    /// The generated folder and the daemon serving it (self-contained mode).
+    fixture: Option<Fixture>,
+    /// Names the server for the report header.
+    label: String,
+    /// Messages and octets (CRLF) of the benchmark mailbox, when known up front.
+    mailbox: Option<(usize, u64)>,
+}
+
+/// The self-contained setup. Field order matters: fields drop in order, so the daemon is
+/// killed before the folder it serves is removed.
+struct Fixture {
+    daemon: Daemon,
+    root: tempfile::TempDir,
+    seed: u64,
+}
+
+impl Fixture {
+    fn maildir(&self, user: &str) -> PathBuf {
+        self.root.path().join("mail").join(user).join("Maildir")
+    }
+}
+
+/// What RETR must send for one message: the file with CRLF line ends, de-stuffed.
+struct Expected {
+    size: u64,
+    sha256: [u8; 32],
+}
+
+impl Env {
+    /// Generates the mailboxes and certificate, starts the release daemon on loopback and
+    /// waits until it is ready.
+    fn self_contained(args: &Args, workloads: &[Workload]) -> Result<Env, String> {
+        let bin = daemon_binary(args)?;
+        let root = match &args.tmpdir {
+            Some(dir) => tempfile::Builder::new()
+                .prefix("pop3bench-")
+                .tempdir_in(dir),
+            None => tempfile::Builder::new().prefix("pop3bench-").tempdir(),
+        }
+        .map_err(|e| format!("cannot create a temporary folder: {e}"))?;
+        let child = ChildSlot::default();
+        clean_up_on_signal(child.clone(), root.path().to_owned())?;
+        let path = |name: &str| root.path().join(name);
+        let write = |name: &str, data: &[u8]| {
+            fs::write(path(name), data)
+                .map_err(|e| format!("cannot write {}: {e}", path(name).display()))
+        };
+        write(
+            "users",
+            b"bench:{PLAIN}bench::::::\nidle:{PLAIN}idle::::::\nbigbox:{PLAIN}bigbox::::::\n",
+        )?;
+        let (cert_pem, key_pem) = pop3d::server::tls::self_signed(&["localhost", "127.0.0.1"])
+            .map_err(|e| format!("cannot make a certificate: {e}"))?;
+        write("cert.pem", cert_pem.as_bytes())?;
+        write("key.pem", key_pem.as_bytes())?;
+
+        let mail = root.path().join("mail");
+        let started = Instant::now();
+        let expected = generate_mailbox(
+            &mail.join("bench/Maildir"),
+            args.messages,
+            args.seed,
+            Mix::Mixed,
+        )?;
+        let octets: u64 = expected.values().map(|e| e.size).sum();
+        eprintln!(
+            "pop3bench: generated {} messages ({:.1} MB with CRLF) in {} in {:.1} s",
+            args.messages,
+            octets as f64 / 1e6,
+            root.path().display(),
+            started.elapsed().as_secs_f64()
+        );
+        if workloads.contains(&Workload::Idle) {
+            generate_mailbox(
+                &mail.join("idle/Maildir"),
+                IDLE_MAILBOX,
+                args.seed ^ 0x1d1e,
+                Mix::Small,
+            )?;
+        }
+
+        // Room for the idle sessions plus everything else; the default (1000) would turn
+        // the idle workload's sessions away.
+        let max_connections = (args.idle + 3 * args.clients + 64).max(1000);
+        let mut daemon_args: Vec<String> = [
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--listen-tls",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &path("cert.pem").to_string_lossy(),
+            "--tls-key",
+            &path("key.pem").to_string_lossy(),
+            "--users",
+            &path("users").to_string_lossy(),
+            "--maildir",
+            &format!("{}/%u/Maildir", mail.display()),
+            "--mode",
+            "keep",
+            "--auth-failure-delay",
+            "0s",
+            "--max-connections",
+            &max_connections.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        // All our connections come from one address as one user, which the per-address
+        // limits (when this pop3d has them) would take for an attack.
+        let help = serve_help(&bin);
+        for flag in ["--max-connections-per-ip", "--max-sessions-per-user-ip"] {
+            if help.contains(flag) {
+                daemon_args.extend([flag.to_owned(), max_connections.to_string()]);
+            }
+        }
+        // pop3d refuses to serve as root unless told; in a container we often are root.
+        if running_as_root() && help.contains("--allow-root") {
+            daemon_args.push("--allow-root".into());
+        }
+        let (daemon, plain, tls_addr) = Daemon::start(&bin, &daemon_args, child)?;
+        let pid = daemon.pid;
+        eprintln!(
+            "pop3bench: {} (pid {pid}) ready on {plain} and {tls_addr} (TLS)",
+            bin.display(),
+        );
+        let revision = pop3d_revision().unwrap_or_else(|| "(revision unknown)".into());
+        let mut env = Env {
+            plain,
+            tls_addr: Some(tls_addr),
+            tls: Some(client_tls(
+                Trust::Pem(cert_pem.as_bytes()),
+                args.tls_resume,
+            )?),
+            server_name: server_name(&args.server_name)?,
+            user: "bench".into(),
+            pass: "bench".into(),
+            server: Some(Proc::new(pid)),
+            expected: Some(expected),
+            fixture: Some(Fixture {
+                daemon,
+                root,
+                seed: args.seed,
+            }),
+            label: format!("pop3d {revision} (self-contained: release build, keep mode, loopback)"),
+            mailbox: Some((args.messages, octets)),
+        };
+        env.warm_up()?;
+        Ok(env)
+    }
+
+    /// A server someone else started: nothing is generated and nothing is stopped.
+    fn target(args: &Args, plain: SocketAddr) -> Result<Env, String> {
+        let (Some(user), Some(pass)) = (&args.user, &args.pass) else {
+            return Err("--target needs --user and --pass".into());
+        };
+        let tls = match (&args.ca, args.insecure) {
+            (Some(_), true) => return Err("--ca and --insecure exclude each other".into()),
+            (Some(ca), false) => Some(client_tls(Trust::File(ca), args.tls_resume)?),
+            (None, true) => Some(client_tls(Trust::Anything, args.tls_resume)?),
+            (None, false) => {
+                eprintln!(
+                    "pop3bench: no --ca or --insecure: skipping the TLS transports (stls, tls)"
+                );
+                None
+            }
+        };
+        Ok(Env {
+            plain,
+            tls_addr: args.tls_target,
+            tls,
+            server_name: server_name(&args.server_name)?,
+            user: user.clone(),
+            pass: pass.clone(),
+            server: args.server_pid.map(Proc::new),
+            expected: None,
+            fixture: None,
+            label: format!("--target {plain} (user {user})"),
+            mailbox: None,
+        })
+    }
+
+    /// The first login reads every message once to learn its size (then cached); doing it
+    /// here keeps that one-off cost out of the sessions numbers (bigbox measures it).
+    fn warm_up(&mut self) -> Result<(), String> {
+        let started = Instant::now();
+        let mut c = Client::connect(self, Transport::Plain, SMALL_BUF)?;
+        c.login(&self.user, &self.pass)?;
+        let stat = c.cmd("STAT")?;
+        c.quit()?;
+        eprintln!(
+            "pop3bench: first login (sizes computed and cached) took {:.0} ms: {stat}",
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        Ok(())
+    }
+
+    /// The transports the sessions workload runs over.
+    fn session_transports(&self) -> Vec<Transport> {
+        let mut out = vec![Transport::Plain];
+        if self.tls.is_some() {
+            out.push(Transport::Stls);
+            if self.tls_addr.is_some() {
+                out.push(Transport::Tls);
+            }
+        }
+        out
+    }
+
+    /// The transports the retr workload runs over: STLS would only repeat tls's bulk path.
+    fn retr_transports(&self) -> Vec<Transport> {
+        let mut out = vec![Transport::Plain];
+        if self.tls.is_some() && self.tls_addr.is_some() {
+            out.push(Transport::Tls);
+        }
+        out
+    }
+
+    fn cpu_seconds(&self) -> Option<f64> {
+        self.server.as_ref()?.cpu_seconds()
+    }
+
+    fn memory(&self) -> Option<Memory> {
+        self.server.as_ref()?.memory()
+    }
+}
+
+/// CPU seconds the server spent since `before`, if both readings exist.
+/// /proc counts CPU time in clock ticks (10 ms): over a shorter interval than this, a
+/// CPU figure is mostly rounding, and none is reported.
+const MIN_CPU_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The server's CPU time from a starting point, for per-session and per-MB costs.
+struct ServerCpu {
+    at: Instant,
+    before: Option<f64>,
+}
+
+impl ServerCpu {
+    fn start(env: &Env) -> ServerCpu {
+        ServerCpu {
+            at: Instant::now(),
+            before: env.cpu_seconds(),
+        }
+    }
+
+    /// CPU seconds the server used since `start`; None if unknown or too short to tell.
+    fn used(&self, env: &Env) -> Option<f64> {
+        if self.at.elapsed() < MIN_CPU_INTERVAL {
+            return None;
+        }
+        Some(env.cpu_seconds()? - self.before?)
+    }
+}
+
+fn server_name(name: &str) -> Result<ServerName<'static>, String> {
+    ServerName::try_from(name.to_owned()).map_err(|e| format!("--server-name {name:?}: {e}"))
+}
+
+/// The pop3d next to this example: `target/release/examples/pop3bench` →
+/// `target/release/pop3d`, so the example always runs the daemon of the same build.
+fn daemon_binary(args: &Args) -> Result<PathBuf, String> {
+    let bin = match &args.pop3d {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| format!("cannot find this program's path: {e}"))?
+            .parent()
+            .and_then(Path::parent)
+            .map(|dir| dir.join("pop3d"))
+            .ok_or("cannot find the target directory")?,
+    };
+    if !bin.is_file() {
+        return Err(format!(
+            "no pop3d binary at {}: run `cargo build --release` first (or pass --pop3d PATH)",
+            bin.display()
+        ));
+    }
+    Ok(bin)
+}
+
+/// `pop3d serve --help`, to pass only the flags this build knows: an older pop3d (given
+/// with --pop3d, to compare revisions) rejects flags it does not have.
+fn serve_help(bin: &Path) -> String {
+    Command::new(bin)
+        .args(["serve", "--help"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// Whether our effective uid is 0, from /proc/self/status ("Uid: real effective ...").
+fn running_as_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let uids = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))?
+                .to_owned();
+            uids.split_whitespace().nth(1).map(|euid| euid == "0")
+        })
+        .unwrap_or(false)
+}
+
+/// `git rev-parse --short HEAD` of the source tree this example was built from, with a mark
+/// when tracked files have local changes; None when git or the repository is unavailable.
+fn pop3d_revision() -> Option<String> {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let revision = git(&["rev-parse", "--short", "HEAD"])?;
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    Some(if dirty {
+        format!("{revision}+changes")
+    } else {
+        revision
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemon
+// ---------------------------------------------------------------------------------------------
+
+/// The pop3d child process. Killed when dropped, so that no exit path (an error, a panic)
+/// leaves a daemon running. A Ctrl-C reaches it too: it is in our process group.
+struct Daemon {
+    child: ChildSlot,
+    pid: u32,
+    log: Arc<Mutex<ServerLog>>,
+}
+
+/// What the daemon logged, read continuously so that it never blocks on a full pipe.
+#[derive(Default)]
+struct ServerLog {
+    lines: u64,
+    /// Everything up to "ready", shown if the daemon fails to start.
+    startup: String,
+    warnings: u64,
+    errors: u64,
+    /// The first warning and error lines, verbatim.
+    samples: Vec<String>,
+    /// How sessions ended: the `end=` word of each "session end" line.
+    ends: BTreeMap<String, u64>,
+}
+
+impl ServerLog {
+    fn summary(&self) -> ServerLogSummary {
+        ServerLogSummary {
+            lines: self.lines,
+            warnings: self.warnings,
+            errors: self.errors,
+            samples: self.samples.clone(),
+            ends: self.ends.clone(),
+        }
+    }
+}
+
+struct ServerLogSummary {
+    lines: u64,
+    warnings: u64,
+    errors: u64,
+    samples: Vec<String>,
+    ends: BTreeMap<String, u64>,
+}
+
+/// The listeners a starting daemon has announced.
+type Listeners = (Option<SocketAddr>, Option<SocketAddr>);
+
+impl Daemon {
+    /// Starts `pop3d ARGS` and waits for its "ready" line, returning its plain and
+    /// implicit-TLS addresses (it binds port 0: the kernel picks free ports).
+    fn start(
+        bin: &Path,
+        args: &[String],
+        slot: ChildSlot,
+    ) -> Result<(Daemon, SocketAddr, SocketAddr), String> {
+        let mut child = Command::new(bin)
+            .args(args)
+            .env("RUST_LOG", "warn,pop3d::server=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+        let stderr = child.stderr.take().expect("stderr was piped");
+        let pid = child.id();
+        *lock(&slot) = Some(child);
+        // From here on the guard owns the child: every early return below kills it.
+        let daemon = Daemon {
+            child: slot,
+            pid,
+            log: Arc::new(Mutex::new(ServerLog::default())),
+        };
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let log = daemon.log.clone();
+        thread::Builder::new()
+            .name("pop3d-log".into())
+            .spawn(move || drain_log(stderr, &log, ready_tx))
+            .map_err(|e| format!("cannot start the log reader: {e}"))?;
+        let listeners = ready_rx.recv_timeout(START_TIMEOUT);
+        let startup = || daemon.log().startup.clone();
+        match listeners {
+            Ok((Some(plain), Some(tls))) => Ok((daemon, plain, tls)),
+            Ok(_) => Err(format!(
+                "pop3d did not announce both listeners; its log:\n{}",
+                startup()
+            )),
+            // The log reader ended: the daemon closed its stderr, which means it exited.
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = lock(&daemon.child)
+                    .as_mut()
+                    .and_then(|c| c.wait().ok())
+                    .map_or("an unknown status".into(), |s| s.to_string());
+                Err(format!(
+                    "pop3d exited ({status}) before it was ready; its log:\n{}",
+                    startup()
+                ))
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(format!(
+                "pop3d did not get ready within {} s; its log:\n{}",
+                START_TIMEOUT.as_secs(),
+                startup()
+            )),
+        }
+    }
+
+    fn log(&self) -> MutexGuard<'_, ServerLog> {
+        lock(&self.log)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        stop(&self.child);
+    }
+}
+
+/// The daemon's process, shared by its guard and the signal handler: whichever comes first
+/// stops it.
+type ChildSlot = Arc<Mutex<Option<Child>>>;
+
+fn stop(slot: &ChildSlot) {
+    if let Some(mut child) = lock(slot).take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// A poisoned lock still holds usable data here: the daemon slot and log counters are only
+/// ever replaced or incremented whole.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// SIGINT, SIGTERM and SIGHUP end a process without unwinding, so the guards would not run:
+/// this handler stops the daemon and removes the temporary folder itself, then exits.
+fn clean_up_on_signal(child: ChildSlot, root: PathBuf) -> Result<(), String> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .map_err(|e| format!("cannot watch signals: {e}"))?;
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                stop(&child);
+                let _ = fs::remove_dir_all(&root);
+                eprintln!(
+                    "pop3bench: interrupted: stopped pop3d, removed {}",
+                    root.display()
+                );
+                std::process::exit(128 + signal);
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    Ok(())
+}
+
+/// Reads the daemon's log to its end: sends the listeners once "ready" appears, then keeps
+/// counting warnings, errors and session ends.
+fn drain_log(stderr: ChildStderr, log: &Mutex<ServerLog>, ready: mpsc::Sender<Listeners>) {
+    let mut ready = Some(ready);
+    let (mut plain, mut tls) = (None, None);
+    let mut reader = BufReader::new(stderr);
+    let mut raw = Vec::new();
+    loop {
+        raw.clear();
+        match reader.read_until(b'\n', &mut raw) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let text = String::from_utf8_lossy(&raw);
+        let line = text.trim_end();
+        let mut log = lock(log);
+        log.lines += 1;
+        if ready.is_some() {
+            if log.startup.len() < 64 * 1024 {
+                log.startup.push_str(line);
+                log.startup.push('\n');
+            }
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+                if rest.contains("implicit TLS") {
+                    tls = tls.or(addr);
+                } else {
+                    plain = plain.or(addr);
+                }
+            }
+            if line.ends_with("] ready")
+                && let Some(tx) = ready.take()
+            {
+                let _ = tx.send((plain, tls));
+            }
+        }
+        // env_logger's format: "[TIME LEVEL target] message".
+        let level = line
+            .strip_prefix('[')
+            .and_then(|l| l.split_whitespace().nth(1));
+        match level {
+            Some("WARN") => log.warnings += 1,
+            Some("ERROR") => log.errors += 1,
+            _ => {}
+        }
+        if matches!(level, Some("WARN" | "ERROR")) && log.samples.len() < 20 {
+            log.samples.push(line.to_owned());
+        }
+        if line.contains("session end:")
+            && let Some(end) = line.split(" end=").nth(1)
+        {
+            let word = end.split([' ', '(']).next().unwrap_or(end).to_owned();
+            *log.ends.entry(word).or_default() += 1;
+        }
+    }
+}
+
+/// Clock ticks per second (USER_HZ), the unit of /proc's CPU times; almost always 100.
+fn clock_ticks() -> f64 {
+    static TICKS: LazyLock<f64> = LazyLock::new(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    });
+    *TICKS
+}
+
+/// CPU time of the whole machine, of this process and of the server at one moment. Two of
+/// them tell how much CPU went to other processes meanwhile: on a shared machine a busy
+/// neighbour skews every number, and the report says so rather than hiding it.
+struct CpuSnapshot {
+    at: Instant,
+    /// Busy time of all CPUs (user, nice, system, irq, softirq, steal), from /proc/stat.
+    machine: f64,
+    own: f64,
+    server: f64,
+}
+
+impl CpuSnapshot {
+    fn take(env: &Env) -> Option<CpuSnapshot> {
+        let stat = fs::read_to_string("/proc/stat").ok()?;
+        let ticks: Vec<u64> = stat
+            .lines()
+            .next()?
+            .strip_prefix("cpu ")?
+            .split_whitespace()
+            .map(|t| t.parse().unwrap_or(0))
+            .collect();
+        // user nice system idle iowait irq softirq steal (guest time is inside user).
+        let busy: u64 = [0, 1, 2, 5, 6, 7]
+            .iter()
+            .filter_map(|&i| ticks.get(i))
+            .sum();
+        Some(CpuSnapshot {
+            at: Instant::now(),
+            machine: busy as f64 / clock_ticks(),
+            own: Proc::new(std::process::id()).cpu_seconds()?,
+            server: env.cpu_seconds().unwrap_or(0.0),
+        })
+    }
+
+    /// Who used the CPUs since `self`.
+    fn usage_since(&self, env: &Env) -> Option<CpuUsage> {
+        let now = CpuSnapshot::take(env)?;
+        let wall = now.at.duration_since(self.at);
+        if wall < MIN_CPU_INTERVAL {
+            return None;
+        }
+        let wall = wall.as_secs_f64();
+        let own = (now.own - self.own) / wall;
+        let server = (now.server - self.server) / wall;
+        let others = (now.machine - self.machine) / wall - own - server;
+        let cpus = thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        Some(CpuUsage {
+            client: own,
+            server: env.server.is_some().then_some(server),
+            others_share: (others / cpus).clamp(0.0, 1.0),
+        })
+    }
+}
+
+/// Average CPU use over a step: the client and server in CPUs (1.0 = one busy CPU), other
+/// processes as a share of the machine.
+#[derive(Clone, Copy)]
+struct CpuUsage {
+    client: f64,
+    server: Option<f64>,
+    others_share: f64,
+}
+
+impl std::fmt::Display for CpuUsage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "client {:.2} CPUs", self.client)?;
+        if let Some(server) = self.server {
+            write!(f, ", server {server:.2} CPUs")?;
+        }
+        let others = self.others_share * 100.0;
+        // Above this, the numbers of the step are not to be trusted.
+        if self.others_share > 0.10 {
+            write!(f, ", **other processes {others:.0}% of the machine**")
+        } else {
+            write!(f, ", others {others:.0}%")
+        }
+    }
+}
+
+/// The server process as /proc shows it: CPU time and memory.
+struct Proc {
+    pid: u32,
+    /// Clock ticks per second, the unit of /proc/PID/stat's times.
+    ticks_per_second: f64,
+}
+
+#[derive(Clone, Copy)]
+struct Memory {
+    rss_kb: u64,
+    /// Proportional set size: shared pages divided among their users. None without
+    /// smaps_rollup (old kernels).
+    pss_kb: Option<u64>,
+}
+
+impl Proc {
+    fn new(pid: u32) -> Proc {
+        Proc {
+            pid,
+            ticks_per_second: clock_ticks(),
+        }
+    }
+
+    /// utime + stime of all the process's threads, from /proc/PID/stat fields 14 and 15.
+    fn cpu_seconds(&self) -> Option<f64> {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
+        // Field 2, the command name, is in parentheses and may hold spaces: count from
+        // after it, where field 3 comes first.
+        let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+        let utime: u64 = fields.get(14 - 3)?.parse().ok()?;
+        let stime: u64 = fields.get(15 - 3)?.parse().ok()?;
+        Some((utime + stime) as f64 / self.ticks_per_second)
+    }
+
+    fn memory(&self) -> Option<Memory> {
+        let field = |text: &str, name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|kb| kb.parse::<u64>().ok())
+        };
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        let rollup = fs::read_to_string(format!("/proc/{}/smaps_rollup", self.pid)).ok();
+        Some(Memory {
+            rss_kb: field(&status, "VmRSS:")?,
+            pss_kb: rollup.and_then(|r| field(&r, "Pss:")),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The mailbox generator
+// ---------------------------------------------------------------------------------------------
+
+/// splitmix64: tiny, fast and deterministic. The mailbox must be the same on every run so
+/// that numbers from different runs (and different servers) compare.
+struct Rng(u64);
+
+impl Rng {
+    /// A generator for message `n`: each message has its own stream, so threads can
+    /// generate in any order and still produce the same mailbox.
+    fn for_message(seed: u64, n: u64) -> Rng {
+        let mut rng = Rng(seed ^ n.wrapping_mul(0xA24B_AED4_963E_E407));
+        rng.next();
+        rng
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn between(&mut self, low: usize, high: usize) -> usize {
+        low + self.below((high - low + 1) as u64) as usize
+    }
+}
+
+/// The size mix of a generated mailbox.
+#[derive(Clone, Copy)]
+enum Mix {
+    /// 70% 2–8 KB text, 25% 20–100 KB with an attachment, 5% 0.5–2 MB attachments: a mail
+    /// volume dominated by the few big messages, as in real mailboxes.
+    Mixed,
+    /// 1–3 KB text only, for the mailboxes that test message counts rather than bytes.
+    Small,
+}
+
+impl Mix {
+    fn size(self, rng: &mut Rng) -> usize {
+        match self {
+            Mix::Small => rng.between(1_000, 3_000),
+            Mix::Mixed => match rng.below(100) {
+                0..70 => rng.between(2_000, 8_000),
+                70..95 => rng.between(20_000, 100_000),
+                _ => rng.between(500_000, 2_000_000),
+            },
+        }
+    }
+}
+
+/// Words for the text lines, split once on first use.
+static WORDS: LazyLock<Vec<&str>> = LazyLock::new(|| {
+    "the mail server sends every message with line ends and a pop3 maildir keep mode \
+     phone laptop delivery inbox report meeting tomorrow attached please find thanks \
+     regards of to in quarterly numbers draft review schedule lunch"
+        .split(' ')
+        .collect()
+});
+
+/// Lines that start with '.', which RETR must byte-stuff (RFC 1939 §3).
+const DOT_LINES: &[&[u8]] = &[
+    b".\n",
+    b"..\n",
+    b".hidden line that starts with a dot\n",
+    b"...and an ellipsis\n",
+    b". \n",
+];
+
+const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// One generated message with LF line ends, about `size` octets. The content exercises the
+/// server's body path: long base64 runs (most of real mail volume), text with lines that
+/// start with '.' (byte-stuffing), and now and then no final newline (RETR must add one).
+fn make_message(rng: &mut Rng, n: usize, size: usize, seed: u64) -> Vec<u8> {
+    let mut m = Vec::with_capacity(size + 512);
+    let sender = rng.below(500);
+    m.extend_from_slice(
+        format!(
+            "Return-Path: <sender{sender}@example.com>\n\
+             From: Sender {sender} <sender{sender}@example.com>\n\
+             To: bench@example.com\n\
+             Subject: pop3bench message {n}\n\
+             Date: Thu, 26 Nov 2026 12:00:00 +0000\n\
+             Message-ID: <{n}.{seed}@pop3bench.example>\n\
+             MIME-Version: 1.0\n"
+        )
+        .as_bytes(),
+    );
+    if size < 12_000 {
+        m.extend_from_slice(b"Content-Type: text/plain; charset=us-ascii\n\n");
+        text_lines(rng, &mut m, size);
+    } else {
+        let boundary = format!("=_pop3bench_{n}");
+        m.extend_from_slice(
+            format!(
+                "Content-Type: multipart/mixed; boundary=\"{boundary}\"\n\n\
+                 --{boundary}\nContent-Type: text/plain; charset=us-ascii\n\n"
+            )
+            .as_bytes(),
+        );
+        let text_end = m.len() + rng.between(500, 3_000);
+        text_lines(rng, &mut m, text_end);
+        m.extend_from_slice(
+            format!(
+                "\n--{boundary}\nContent-Type: application/octet-stream\n\
+                 Content-Transfer-Encoding: base64\n\
+                 Content-Disposition: attachment; filename=\"file{n}.bin\"\n\n"
+            )
+            .as_bytes(),
+        );
+        base64_lines(rng, &mut m, size.saturating_sub(boundary.len() + 8));
+        m.extend_from_slice(format!("\n--{boundary}--\n").as_bytes());
+    }
+    if rng.below(50) == 0 {
+        m.pop();
+    }
+    m
+}
+
+/// Text lines of 30–76 characters until `out` holds `until` octets, with empty lines and
+/// lines starting with '.' mixed in.
+fn text_lines(rng: &mut Rng, out: &mut Vec<u8>, until: usize) {
+    while out.len() < until {
+        match rng.below(40) {
+            0 => out.extend_from_slice(DOT_LINES[rng.below(DOT_LINES.len() as u64) as usize]),
+            1 | 2 => out.push(b'\n'),
+            _ => {
+                let width = rng.between(30, 76);
+                let start = out.len();
+                while out.len() - start < width {
+                    if out.len() > start {
+                        out.push(b' ');
+                    }
+                    let word = WORDS[rng.below(WORDS.len() as u64) as usize];
+                    out.extend_from_slice(word.as_bytes());
+                }
+                out.push(b'\n');
+            }
+        }
+    }
+}
+
+/// Base64-alphabet lines of 76 characters (as MIME encoders write them) until `out` holds
+/// `until` octets.
+fn base64_lines(rng: &mut Rng, out: &mut Vec<u8>, until: usize) {
+    while out.len() < until {
+        let (mut bits, mut left) = (0u64, 0u32);
+        for _ in 0..76 {
+            if left < 6 {
+                bits = rng.next();
+                left = 64;
+            }
+            out.push(BASE64[(bits & 63) as usize]);
+            bits >>= 6;
+            left -= 6;
+        }
+        out.push(b'\n');
+    }
+}
+
+/// Fills a Maildir with `count` generated messages, delivered as an MDA does (written in
+/// tmp/, renamed into new/) under unique names `<time>.<n>.bench`, on all CPUs. Returns
+/// what RETR must send for each, by unique name (which is also its UIDL).
+fn generate_mailbox(
+    dir: &Path,
+    count: usize,
+    seed: u64,
+    mix: Mix,
+) -> Result<HashMap<String, Expected>, String> {
+    for sub in ["tmp", "new", "cur"] {
+        fs::create_dir_all(dir.join(sub))
+            .map_err(|e| format!("cannot create {}: {e}", dir.join(sub).display()))?;
+    }
+    let time = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let threads = thread::available_parallelism().map_or(2, |n| n.get().min(8));
+    let parts: Vec<Result<Vec<(String, Expected)>, String>> = thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|first| {
+                scope.spawn(move || {
+                    let mut made = Vec::with_capacity(count / threads + 1);
+                    for n in (first..count).step_by(threads) {
+                        let mut rng = Rng::for_message(seed, n as u64);
+                        let size = mix.size(&mut rng);
+                        let body = make_message(&mut rng, n, size, seed);
+                        let name = format!("{time}.{n:07}.bench");
+                        let tmp = dir.join("tmp").join(&name);
+                        fs::write(&tmp, &body)
+                            .and_then(|()| fs::rename(&tmp, dir.join("new").join(&name)))
+                            .map_err(|e| format!("cannot deliver {}: {e}", tmp.display()))?;
+                        let wire = crlf(&body);
+                        let expected = Expected {
+                            size: wire.len() as u64,
+                            sha256: Sha256::digest(&wire).into(),
+                        };
+                        made.push((name, expected));
+                    }
+                    Ok(made)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("a generator thread panicked"))
+            .collect()
+    });
+    let mut all = HashMap::with_capacity(count);
+    for part in parts {
+        all.extend(part?);
+    }
+    Ok(all)
+}
+
+/// A message as RETR sends it: CRLF line ends, the last line completed (the same rule as
+/// the integration tests' `crlf`).
+fn crlf(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + body.len() / 32 + 2);
+    let mut prev = 0u8;
+    for &b in body {
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        prev = b;
+    }
+    if !out.is_empty() && !out.ends_with(b"\r\n") {
+        if out.ends_with(b"\r") {
+            out.push(b'\n');
+        } else {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS
+// ---------------------------------------------------------------------------------------------
+
+/// Which server certificates the client accepts.
+enum Trust<'a> {
+    /// The self-signed certificate we generated.
+    Pem(&'a [u8]),
+    /// PEM certificate(s) from --ca.
+    File(&'a Path),
+    /// Anything (--insecure).
+    Anything,
+}
+
+fn client_tls(trust: Trust<'_>, resume: bool) -> Result<Arc<ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS client setup: {e}"))?;
+    let roots = |certs: Vec<CertificateDer<'static>>, from: &str| {
+        let mut roots = RootCertStore::empty();
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("unusable certificate in {from}: {e}"))?;
+        }
+        if roots.is_empty() {
+            return Err(format!("no certificate in {from}"));
+        }
+        Ok::<_, String>(roots)
+    };
+    let mut config = match trust {
+        Trust::Pem(pem) => {
+            let certs = CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("generated certificate: {e}"))?;
+            builder
+                .with_root_certificates(roots(certs, "the generated certificate")?)
+                .with_no_client_auth()
+        }
+        Trust::File(path) => {
+            let shown = path.display().to_string();
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("--ca {shown}: {e}"))?;
+            builder
+                .with_root_certificates(roots(certs, &shown)?)
+                .with_no_client_auth()
+        }
+        Trust::Anything => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+            .with_no_client_auth(),
+    };
+    if !resume {
+        // Every session pays a full handshake: the worst case, and the same for any server.
+        config.resumption = rustls::client::Resumption::disabled();
+    }
+    Ok(Arc::new(config))
+}
+
+/// --insecure: accepts any certificate and signature, to measure a server whose
+/// certificate we can't check. Only ever built behind that flag.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The client
+// ---------------------------------------------------------------------------------------------
+
+/// A connection's byte stream: TCP, or TLS over TCP.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// A minimal POP3 client. It keeps its own read buffer rather than a BufReader so that
+/// multi-line bodies are scanned in large chunks with memchr and handed on without copies:
+/// the client must stay cheap next to the server it measures.
+struct Client {
+    stream: Stream,
+    buf: Vec<u8>,
+    /// Unread bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
+}
+
+impl Client {
+    /// Connects over `transport` and reads the greeting; for STLS, also upgrades to TLS.
+    fn connect(env: &Env, transport: Transport, buf_size: usize) -> Result<Client, String> {
+        let addr = match transport {
+            Transport::Plain | Transport::Stls => env.plain,
+            Transport::Tls => env.tls_addr.ok_or("no implicit-TLS address")?,
+        };
+        let tcp = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+            .map_err(|e| format!("connect to {addr}: {e}"))?;
+        tcp.set_nodelay(true)
+            .and_then(|()| tcp.set_read_timeout(Some(IO_TIMEOUT)))
+            .and_then(|()| tcp.set_write_timeout(Some(IO_TIMEOUT)))
+            .map_err(|e| format!("socket options: {e}"))?;
+        let stream = match transport {
+            Transport::Plain | Transport::Stls => Stream::Plain(tcp),
+            Transport::Tls => tls_handshake(env, tcp)?,
+        };
+        let mut client = Client {
+            stream,
+            buf: vec![0; buf_size],
+            start: 0,
+            end: 0,
+        };
+        client.status("greeting")?;
+        if transport == Transport::Stls {
+            client.cmd("STLS")?;
+            if client.start != client.end {
+                return Err("the server sent more after its STLS reply".into());
+            }
+            let Client { stream, buf, .. } = client;
+            let Stream::Plain(tcp) = stream else {
+                unreachable!("STLS is only sent on a plain stream")
+            };
+            // No second greeting after STLS (RFC 2595 §4).
+            client = Client {
+                stream: tls_handshake(env, tcp)?,
+                buf,
+                start: 0,
+                end: 0,
+            };
+        }
+        Ok(client)
+    }
+
+    fn send(&mut self, data: &[u8]) -> Result<(), String> {
+        self.stream
+            .write_all(data)
+            .and_then(|()| self.stream.flush())
+            .map_err(|e| format!("write: {e}"))
+    }
+
+    /// Reads more from the server, first moving the unread bytes to the buffer's start.
+    fn fill(&mut self) -> Result<(), String> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            return Err("read buffer full: a line is too long".into());
+        }
+        loop {
+            match self.stream.read(&mut self.buf[self.end..]) {
+                Ok(0) => return Err("the server closed the connection".into()),
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+    }
+
+    /// Reads one status line (or LIST/UIDL line), without its CRLF.
+    fn read_line(&mut self) -> Result<String, String> {
+        loop {
+            if let Some(i) = memchr::memchr(b'\n', &self.buf[self.start..self.end]) {
+                let line = &self.buf[self.start..self.start + i + 1];
+                self.start += i + 1;
+                let Some(text) = line.strip_suffix(b"\r\n") else {
+                    return Err(format!(
+                        "line not ended by CRLF: {:?}",
+                        String::from_utf8_lossy(line)
+                    ));
+                };
+                return Ok(String::from_utf8_lossy(text).into_owned());
+            }
+            if self.end - self.start > MAX_STATUS_LINE {
+                return Err(format!("status line over {MAX_STATUS_LINE} octets"));
+            }
+            self.fill()?;
+        }
+    }
+
+    /// Reads a status line and checks it is +OK; `what` names the command in errors.
+    fn status(&mut self, what: &str) -> Result<String, String> {
+        let line = self.read_line()?;
+        if line.starts_with("+OK") {
+            Ok(line)
+        } else {
+            Err(format!("{what}: {line}"))
+        }
+    }
+
+    /// Sends a command and returns its +OK status line (an -ERR is an error).
+    fn cmd(&mut self, command: &str) -> Result<String, String> {
+        self.send(format!("{command}\r\n").as_bytes())?;
+        // Name the command only: PASS carries a password.
+        let verb = command.split(' ').next().unwrap_or(command);
+        self.status(verb)
+    }
+
+    fn login(&mut self, user: &str, pass: &str) -> Result<String, String> {
+        self.cmd(&format!("USER {user}"))?;
+        self.cmd(&format!("PASS {pass}"))
+    }
+
+    /// QUIT, its reply, and close.
+    fn quit(mut self) -> Result<(), String> {
+        self.cmd("QUIT").map(drop)
+    }
+
+    /// Reads the body of a multi-line reply up to the terminating ".", undoing the
+    /// byte-stuffing, and hands it to `sink` in pieces (a CRLF-ended line may come in
+    /// several). Returns the de-stuffed octet count. `limit` bounds it, so a server that
+    /// never terminates can't keep us reading for ever.
+    fn read_multiline(&mut self, limit: u64, mut sink: impl FnMut(&[u8])) -> Result<u64, String> {
+        let mut total = 0u64;
+        let mut line_start = true;
+        loop {
+            if line_start {
+                let avail = &self.buf[self.start..self.end];
+                // Three octets tell the terminator ".\r\n" from a stuffed "..".
+                if avail.is_empty() || (avail[0] == b'.' && avail.len() < 3) {
+                    self.fill()?;
+                    continue;
+                }
+                if avail.starts_with(b".\r\n") {
+                    self.start += 3;
+                    return Ok(total);
+                }
+                if avail.starts_with(b"..") {
+                    self.start += 1;
+                } else if avail[0] == b'.' {
+                    return Err("a line starts with a '.' that is not byte-stuffed".into());
+                }
+                line_start = false;
+            }
+            if self.start == self.end {
+                self.fill()?;
+                continue;
+            }
+            let avail = &self.buf[self.start..self.end];
+            let piece = match memchr::memchr(b'\n', avail) {
+                Some(i) => {
+                    line_start = true;
+                    &avail[..=i]
+                }
+                None => avail,
+            };
+            sink(piece);
+            total += piece.len() as u64;
+            self.start += piece.len();
+            if total > limit {
+                return Err(format!("multi-line reply over {limit} octets"));
+            }
+        }
+    }
+
+    /// A multi-line reply's lines as text: LIST, UIDL.
+    fn read_multiline_text(&mut self) -> Result<Vec<String>, String> {
+        let mut body = Vec::new();
+        self.read_multiline(LISTING_LIMIT, |piece| body.extend_from_slice(piece))?;
+        Ok(String::from_utf8_lossy(&body)
+            .lines()
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// LIST or UIDL: the second field of each line, checking the lines are numbered 1..n.
+    fn listing(&mut self, command: &str) -> Result<Vec<String>, String> {
+        self.cmd(command)?;
+        let lines = self.read_multiline_text()?;
+        lines
+            .iter()
+            .enumerate()
+            .map(|(i, line)| match line.split_once(' ') {
+                Some((n, value)) if n.parse() == Ok(i + 1) => Ok(value.to_owned()),
+                _ => Err(format!("{command} line {}: {line:?}", i + 1)),
+            })
+            .collect()
+    }
+}
+
+/// Wraps a TCP stream in TLS and completes the handshake at once, so that a handshake
+/// failure is reported as one and its cost falls inside the session being timed.
+fn tls_handshake(env: &Env, tcp: TcpStream) -> Result<Stream, String> {
+    let config = env.tls.clone().ok_or("TLS is not configured")?;
+    let conn = ClientConnection::new(config, env.server_name.clone())
+        .map_err(|e| format!("TLS setup: {e}"))?;
+    let mut tls = StreamOwned::new(conn, tcp);
+    // Bounded: each step either progresses, fails, or times out on the socket.
+    while tls.conn.is_handshaking() {
+        tls.conn
+            .complete_io(&mut tls.sock)
+            .map_err(|e| format!("TLS handshake: {e}"))?;
+    }
+    Ok(Stream::Tls(Box::new(tls)))
+}
+
+/// Counts errors and prints the first few, for workloads that go on after one.
+struct Errors {
+    count: AtomicU64,
+    what: String,
+}
+
+impl Errors {
+    fn new(what: impl Into<String>) -> Errors {
+        Errors {
+            count: AtomicU64::new(0),
+            what: what.into(),
+        }
+    }
+
+    fn add(&self, message: &str) {
+        let n = self.count.fetch_add(1, Ordering::Relaxed);
+        if (n as usize) < ERRORS_SHOWN {
+            eprintln!("pop3bench: {} error: {message}", self.what);
+        } else if n as usize == ERRORS_SHOWN {
+            eprintln!("pop3bench: {}: more errors, only counted", self.what);
+        }
+    }
+
+    fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workload 1: sessions
+// ---------------------------------------------------------------------------------------------
+
+/// Session rate and latency per transport: C clients, each looping over a whole short
+/// session (connect, greeting, [STLS + handshake,] USER/PASS, STAT, QUIT) for --seconds.
+fn bench_sessions(env: &Env, args: &Args, report: &mut Report) -> Result<(), String> {
+    let length = Duration::from_secs_f64(args.seconds);
+    for transport in env.session_transports() {
+        eprintln!(
+            "pop3bench: sessions/{}: {} clients for {} s",
+            transport.name(),
+            args.clients,
+            args.seconds
+        );
+        let errors = Errors::new(format!("sessions/{}", transport.name()));
+        let server_cpu = ServerCpu::start(env);
+        let started = Instant::now();
+        let deadline = started + length;
+        let mut latencies: Vec<Duration> = thread::scope(|scope| {
+            let workers: Vec<_> = (0..args.clients)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut mine = Vec::new();
+                        while Instant::now() < deadline {
+                            let began = Instant::now();
+                            match one_session(env, transport) {
+                                Ok(()) => mine.push(began.elapsed()),
+                                Err(e) => {
+                                    errors.add(&e);
+                                    // Don't spin on a server that refuses.
+                                    thread::sleep(Duration::from_millis(10));
+                                }
+                            }
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().expect("a session thread panicked"))
+                .collect()
+        });
+        let elapsed = started.elapsed().as_secs_f64();
+        let cpu = server_cpu.used(env);
+        latencies.sort_unstable();
+        let sessions = latencies.len();
+        let rate = sessions as f64 / elapsed;
+        let (p50, p99) = (
+            percentile_ms(&latencies, 50.0),
+            percentile_ms(&latencies, 99.0),
+        );
+        let cpu_per_session = cpu.map(|c| c * 1e3 / sessions.max(1) as f64);
+        eprintln!(
+            "pop3bench: sessions/{}: {sessions} sessions in {elapsed:.1} s = {rate:.0}/s, \
+             p50 {p50:.2} ms, p99 {p99:.2} ms, {} errors",
+            transport.name(),
+            errors.count()
+        );
+        let mut metrics = vec![
+            ("sessions", sessions as f64),
+            ("seconds", elapsed),
+            ("sessions_per_s", rate),
+            ("p50_ms", p50),
+            ("p99_ms", p99),
+        ];
+        if let Some(c) = cpu_per_session {
+            metrics.push(("server_cpu_ms_per_session", c));
+        }
+        report.rows.push(Row {
+            workload: "sessions",
+            transport: transport.name().into(),
+            result: format!("{rate:.0} sessions/s"),
+            detail: format!(
+                "p50 {p50:.2} ms, p99 {p99:.2} ms; {sessions} sessions, {} clients, {elapsed:.1} s",
+                args.clients
+            ),
+            cpu: cpu_per_session.map_or("n/a".into(), |c| format!("{c:.2} ms/session")),
+            errors: errors.count(),
+            metrics,
+        });
+    }
+    Ok(())
+}
+
+fn one_session(env: &Env, transport: Transport) -> Result<(), String> {
+    let mut c = Client::connect(env, transport, SMALL_BUF)?;
+    c.login(&env.user, &env.pass)?;
+    c.cmd("STAT")?;
+    c.quit()
+}
+
+/// Nearest-rank percentile of sorted durations, in milliseconds.
+fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1e3
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workload 2: retr
+// ---------------------------------------------------------------------------------------------
+
+/// One full-mailbox download.
+struct RetrRound {
+    messages: usize,
+    octets: u64,
+    seconds: f64,
+}
+
+/// Download throughput per transport: --rounds full downloads with pipelined RETRs, every
+/// message checked (status, terminator, size against LIST, and in the self-contained mode
+/// a SHA-256 against the Maildir file).
+fn bench_retr(env: &Env, args: &Args, report: &mut Report) -> Result<(), String> {
+    for transport in env.retr_transports() {
+        let errors = Errors::new(format!("retr/{}", transport.name()));
+        let server_cpu = ServerCpu::start(env);
+        let mut rounds = Vec::new();
+        for round in 1..=args.rounds {
+            match retr_round(env, transport, args.batch, &errors) {
+                Ok(r) => {
+                    eprintln!(
+                        "pop3bench: retr/{} round {round}/{}: {} messages, {:.1} MB in {:.2} s \
+                         = {:.0} MB/s, {:.0} msg/s",
+                        transport.name(),
+                        args.rounds,
+                        r.messages,
+                        r.octets as f64 / 1e6,
+                        r.seconds,
+                        r.octets as f64 / 1e6 / r.seconds,
+                        r.messages as f64 / r.seconds
+                    );
+                    rounds.push(r);
+                }
+                Err(e) => errors.add(&format!("round {round}: {e}")),
+            }
+        }
+        let cpu = server_cpu.used(env);
+        if rounds.is_empty() {
+            report.rows.push(Row {
+                transport: transport.name().into(),
+                errors: errors.count(),
+                ..Row::failed("retr", "every round failed")
+            });
+            continue;
+        }
+        let mb_s: Vec<f64> = rounds
+            .iter()
+            .map(|r| r.octets as f64 / 1e6 / r.seconds)
+            .collect();
+        let msg_s: Vec<f64> = rounds
+            .iter()
+            .map(|r| r.messages as f64 / r.seconds)
+            .collect();
+        let total_mb: f64 = rounds.iter().map(|r| r.octets as f64 / 1e6).sum();
+        let (median_mb, min_mb, max_mb) = (median(&mb_s), min(&mb_s), max(&mb_s));
+        let median_msg = median(&msg_s);
+        let cpu_per_mb = cpu.map(|c| c * 1e3 / total_mb.max(1e-9));
+        let checked = if env.expected.is_some() {
+            "size + SHA-256 checked"
+        } else {
+            "sizes checked"
+        };
+        let mut metrics = vec![
+            ("rounds", rounds.len() as f64),
+            ("messages", rounds[0].messages as f64),
+            ("octets_per_round", rounds[0].octets as f64),
+            ("mb_per_s_median", median_mb),
+            ("mb_per_s_min", min_mb),
+            ("mb_per_s_max", max_mb),
+            ("messages_per_s_median", median_msg),
+        ];
+        if let Some(c) = cpu_per_mb {
+            metrics.push(("server_cpu_ms_per_mb", c));
+        }
+        report.rows.push(Row {
+            workload: "retr",
+            transport: transport.name().into(),
+            result: format!("{median_mb:.0} MB/s ({min_mb:.0}–{max_mb:.0}), {median_msg:.0} msg/s"),
+            detail: format!(
+                "{} rounds × {} msgs, {:.1} MB each, batch {}; {checked}",
+                rounds.len(),
+                rounds[0].messages,
+                rounds[0].octets as f64 / 1e6,
+                args.batch
+            ),
+            cpu: cpu_per_mb.map_or("n/a".into(), |c| format!("{c:.2} ms/MB")),
+            errors: errors.count(),
+            metrics,
+        });
+    }
+    Ok(())
+}
+
+/// Logs in, LISTs (and UIDLs, to find each message's expected content), then RETRs every
+/// message, keeping one to two batches of commands in flight so the server never waits
+/// for the next command. QUIT without DELE: the mailbox stays as it is for the next round.
+/// Message-level failures are counted in `errors`; broken framing ends the round.
+fn retr_round(
+    env: &Env,
+    transport: Transport,
+    batch: usize,
+    errors: &Errors,
+) -> Result<RetrRound, String> {
+    let mut c = Client::connect(env, transport, BIG_BUF)?;
+    c.login(&env.user, &env.pass)?;
+    let sizes: Vec<u64> = c
+        .listing("LIST")?
+        .iter()
+        .map(|s| s.parse().map_err(|_| format!("LIST size {s:?}")))
+        .collect::<Result<_, _>>()?;
+    if sizes.is_empty() {
+        return Err("the mailbox is empty".into());
+    }
+    let expected: Option<Vec<Option<&Expected>>> = match &env.expected {
+        Some(map) => {
+            let uids = c.listing("UIDL")?;
+            if uids.len() != sizes.len() {
+                return Err(format!(
+                    "UIDL has {} lines, LIST {}",
+                    uids.len(),
+                    sizes.len()
+                ));
+            }
+            Some(uids.iter().map(|u| map.get(u)).collect())
+        }
+        None => None,
+    };
+
+    let started = Instant::now();
+    let mut octets = 0u64;
+    let mut sent = 0;
+    let mut commands = String::new();
+    for (i, &size) in sizes.iter().enumerate() {
+        if sent < sizes.len() && sent - i <= batch {
+            let upto = (sent + batch).min(sizes.len());
+            commands.clear();
+            for n in sent..upto {
+                let _ = write!(commands, "RETR {}\r\n", n + 1);
+            }
+            c.send(commands.as_bytes())?;
+            sent = upto;
+        }
+        let number = i + 1;
+        let status = c.read_line()?;
+        if !status.starts_with("+OK") {
+            errors.add(&format!("RETR {number}: {status}"));
+            continue;
+        }
+        let want = expected.as_ref().map(|e| e[i]);
+        let mut hasher = want.flatten().map(|_| Sha256::new());
+        let got = c.read_multiline(size.saturating_mul(2) + (1 << 20), |piece| {
+            if let Some(h) = &mut hasher {
+                h.update(piece);
+            }
+        })?;
+        octets += got;
+        if got != size {
+            errors.add(&format!("RETR {number}: {got} octets, LIST said {size}"));
+        }
+        match (want, hasher) {
+            (Some(None), _) => errors.add(&format!("message {number}: UIDL not generated here")),
+            (Some(Some(want)), Some(hasher)) => {
+                if want.size != size {
+                    errors.add(&format!(
+                        "LIST {number}: {size}, the file with CRLF has {}",
+                        want.size
+                    ));
+                }
+                let digest: [u8; 32] = hasher.finalize().into();
+                if digest != want.sha256 {
+                    errors.add(&format!("RETR {number}: content differs from the file"));
+                }
+            }
+            _ => {}
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    c.quit()?;
+    Ok(RetrRound {
+        messages: sizes.len(),
+        octets,
+        seconds,
+    })
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    if sorted.len() % 2 == 1 {
+        sorted[mid]
+    } else {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    }
+}
+
+fn min(values: &[f64]) -> f64 {
+    values.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+fn max(values: &[f64]) -> f64 {
+    values.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workload 3: idle
+// ---------------------------------------------------------------------------------------------
+
+/// Server memory per logged-in idle session: RSS and PSS before, while --idle plain
+/// sessions are open, and after they close. Meaningful on a fresh server only (as in the
+/// self-contained mode): memory freed by earlier sessions stays with the allocator and is
+/// reused, so a second run against the same --target process shows almost nothing.
+fn bench_idle(env: &Env, args: &Args, report: &mut Report) -> Result<(), String> {
+    let (user, pass) = match &env.fixture {
+        Some(_) => ("idle", "idle"),
+        None => (env.user.as_str(), env.pass.as_str()),
+    };
+    let errors = Errors::new("idle");
+    let before = env.memory();
+    let server_cpu = ServerCpu::start(env);
+    eprintln!("pop3bench: idle: opening {} sessions as {user}", args.idle);
+    let started = Instant::now();
+    let give_up = started + IDLE_OPEN_LIMIT;
+    let mut clients: Vec<Client> = thread::scope(|scope| {
+        let workers: Vec<_> = (0..IDLE_OPENERS)
+            .map(|k| {
+                let share = args.idle / IDLE_OPENERS + usize::from(k < args.idle % IDLE_OPENERS);
+                let errors = &errors;
+                scope.spawn(move || {
+                    let mut mine = Vec::with_capacity(share);
+                    for _ in 0..share {
+                        if Instant::now() > give_up {
+                            errors.add("opening the sessions took too long; giving up");
+                            break;
+                        }
+                        let opened = Client::connect(env, Transport::Plain, SMALL_BUF)
+                            .and_then(|mut c| c.login(user, pass).map(|_| c));
+                        match opened {
+                            Ok(c) => mine.push(c),
+                            Err(e) => errors.add(&e),
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("an idle opener thread panicked"))
+            .collect()
+    });
+    let open_seconds = started.elapsed().as_secs_f64();
+    let open = clients.len();
+    let cpu = server_cpu.used(env);
+    eprintln!("pop3bench: idle: {open} sessions open in {open_seconds:.1} s; settling 1 s");
+    thread::sleep(Duration::from_secs(1));
+    let during = env.memory();
+    // The sessions must still be alive for the reading to mean anything: ask a sample.
+    for c in clients.iter_mut().step_by(50) {
+        if let Err(e) = c.cmd("NOOP") {
+            errors.add(&format!("NOOP on an idle session: {e}"));
+        }
+    }
+    drop(clients);
+    thread::sleep(Duration::from_secs(1));
+    let after = env.memory();
+
+    let per_session = |f: fn(&Memory) -> Option<u64>| {
+        let (b, d) = (f(before.as_ref()?)?, f(during.as_ref()?)?);
+        Some((d as f64 - b as f64) / open.max(1) as f64)
+    };
+    let rss_per = per_session(|m| Some(m.rss_kb));
+    let pss_per = per_session(|m| m.pss_kb);
+    let mb = |m: Option<Memory>, f: fn(&Memory) -> Option<u64>| {
+        m.as_ref()
+            .and_then(f)
+            .map_or("n/a".into(), |kb| format!("{:.1}", kb as f64 / 1024.0))
+    };
+    let mut metrics = vec![("sessions", open as f64), ("open_seconds", open_seconds)];
+    for (name, m) in [("before", before), ("during", during), ("after", after)] {
+        if let Some(m) = m {
+            metrics.push((leak(format!("rss_{name}_kb")), m.rss_kb as f64));
+            if let Some(pss) = m.pss_kb {
+                metrics.push((leak(format!("pss_{name}_kb")), pss as f64));
+            }
+        }
+    }
+    if let Some(v) = rss_per {
+        metrics.push(("rss_kb_per_session", v));
+    }
+    if let Some(v) = pss_per {
+        metrics.push(("pss_kb_per_session", v));
+    }
+    let cpu_per_login = cpu.map(|c| c * 1e3 / open.max(1) as f64);
+    if let Some(c) = cpu_per_login {
+        metrics.push(("server_cpu_ms_per_login", c));
+    }
+    report.rows.push(Row {
+        workload: "idle",
+        transport: "plain".into(),
+        result: match (rss_per, pss_per) {
+            (Some(r), Some(p)) => format!("{r:.1} KB/session RSS, {p:.1} KB PSS"),
+            (Some(r), None) => format!("{r:.1} KB/session RSS"),
+            _ => "n/a (server memory unknown)".into(),
+        },
+        detail: format!(
+            "{open} sessions ({}) opened in {open_seconds:.1} s; \
+             RSS MB before/during/after {}/{}/{}, PSS {}/{}/{}",
+            if env.fixture.is_some() {
+                format!("user idle, {IDLE_MAILBOX} msgs")
+            } else {
+                format!("user {user}")
+            },
+            mb(before, |m| Some(m.rss_kb)),
+            mb(during, |m| Some(m.rss_kb)),
+            mb(after, |m| Some(m.rss_kb)),
+            mb(before, |m| m.pss_kb),
+            mb(during, |m| m.pss_kb),
+            mb(after, |m| m.pss_kb),
+        ),
+        cpu: cpu_per_login.map_or("n/a".into(), |c| format!("{c:.2} ms/login")),
+        errors: errors.count(),
+        metrics,
+    });
+    Ok(())
+}
+
+/// Metric names are `&'static str`; the few built at run time are leaked (once per run).
+fn leak(name: String) -> &'static str {
+    Box::leak(name.into_boxed_str())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workload 4: bigbox
+// ---------------------------------------------------------------------------------------------
+
+/// Timings of one session on the big mailbox.
+struct BigboxPass {
+    login_stat: f64,
+    uidl: f64,
+    list: f64,
+    messages: usize,
+}
+
+/// Listing costs on a mailbox of --bigbox small messages: login+STAT cold (the first login
+/// reads every message for its size) and warm (sizes from the cache), full UIDL, full LIST.
+/// "Cold" is about pop3d's size cache; the files themselves are in the page cache, having
+/// just been written.
+fn bench_bigbox(env: &Env, args: &Args, report: &mut Report) -> Result<(), String> {
+    let (user, pass) = match (&env.fixture, &args.bigbox_user, &args.bigbox_pass) {
+        (Some(fixture), _, _) => {
+            let started = Instant::now();
+            let dir = fixture.maildir("bigbox");
+            let generated =
+                generate_mailbox(&dir, args.bigbox, fixture.seed ^ 0xb16b0c, Mix::Small)?;
+            eprintln!(
+                "pop3bench: bigbox: generated {} messages ({:.1} MB) in {:.1} s",
+                generated.len(),
+                generated.values().map(|e| e.size).sum::<u64>() as f64 / 1e6,
+                started.elapsed().as_secs_f64()
+            );
+            ("bigbox", "bigbox")
+        }
+        (None, Some(user), Some(pass)) => (user.as_str(), pass.as_str()),
+        (None, _, _) => {
+            return Err("with --target, bigbox needs --bigbox-user and --bigbox-pass".into());
+        }
+    };
+    let server_cpu = ServerCpu::start(env);
+    let cold = bigbox_pass(env, user, pass)?;
+    eprintln!(
+        "pop3bench: bigbox cold: login+STAT {}, UIDL {}, LIST {}",
+        secs(cold.login_stat),
+        secs(cold.uidl),
+        secs(cold.list)
+    );
+    let warm = bigbox_pass(env, user, pass)?;
+    eprintln!(
+        "pop3bench: bigbox warm: login+STAT {}, UIDL {}, LIST {}",
+        secs(warm.login_stat),
+        secs(warm.uidl),
+        secs(warm.list)
+    );
+    let cpu = server_cpu.used(env);
+    let mut metrics = vec![
+        ("messages", warm.messages as f64),
+        ("cold_login_stat_s", cold.login_stat),
+        ("warm_login_stat_s", warm.login_stat),
+        ("cold_uidl_s", cold.uidl),
+        ("cold_list_s", cold.list),
+        ("uidl_s", warm.uidl),
+        ("list_s", warm.list),
+    ];
+    if let Some(c) = cpu {
+        metrics.push(("server_cpu_s", c));
+    }
+    report.rows.push(Row {
+        workload: "bigbox",
+        transport: "plain".into(),
+        result: format!(
+            "login+STAT cold {}, warm {}",
+            secs(cold.login_stat),
+            secs(warm.login_stat)
+        ),
+        detail: format!(
+            "{} msgs; UIDL {}, LIST {} (warm session; cold: {}, {})",
+            warm.messages,
+            secs(warm.uidl),
+            secs(warm.list),
+            secs(cold.uidl),
+            secs(cold.list)
+        ),
+        cpu: cpu.map_or("n/a".into(), |c| format!("{} total", secs(c))),
+        errors: 0,
+        metrics,
+    });
+    Ok(())
+}
+
+/// Seconds, or milliseconds below one second, with three significant digits or so.
+fn secs(s: f64) -> String {
+    if s >= 1.0 {
+        format!("{s:.2} s")
+    } else if s >= 0.01 {
+        format!("{:.0} ms", s * 1e3)
+    } else {
+        format!("{:.2} ms", s * 1e3)
+    }
+}
+
+fn bigbox_pass(env: &Env, user: &str, pass: &str) -> Result<BigboxPass, String> {
+    let started = Instant::now();
+    let mut c = Client::connect(env, Transport::Plain, BIG_BUF)?;
+    c.login(user, pass)?;
+    let stat = c.cmd("STAT")?;
+    let login_stat = started.elapsed().as_secs_f64();
+    let messages: usize = stat
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("STAT reply {stat:?}"))?;
+    let timed = |c: &mut Client, command: &str| {
+        let started = Instant::now();
+        let lines = c.listing(command)?;
+        if lines.len() != messages {
+            return Err(format!(
+                "{command} has {} lines, STAT said {messages}",
+                lines.len()
+            ));
+        }
+        Ok::<_, String>(started.elapsed().as_secs_f64())
+    };
+    let uidl = timed(&mut c, "UIDL")?;
+    let list = timed(&mut c, "LIST")?;
+    c.quit()?;
+    Ok(BigboxPass {
+        login_stat,
+        uidl,
+        list,
+        messages,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Open-files limit
+// ---------------------------------------------------------------------------------------------
+
+/// Raises the soft RLIMIT_NOFILE to `needed` when it is lower (up to the hard limit, which
+/// needs no privilege). It runs before the daemon starts, and the daemon inherits it: no
+/// pre_exec hook is needed. When even the hard limit is too low, says how to raise it.
+fn ensure_fd_limit(needed: u64) -> Result<(), String> {
+    let Some((soft, hard)) = rlimit::nofile() else {
+        eprintln!("pop3bench: cannot read the open-files limit; hoping it is high enough");
+        return Ok(());
+    };
+    if soft >= needed {
+        return Ok(());
+    }
+    if hard < needed {
+        return Err(format!(
+            "this run needs about {needed} open files, but the limit is {soft} (hard {hard}): \
+             raise it first, e.g. `ulimit -n {needed}` (as root, or in a shell whose hard \
+             limit allows it), or lower --idle"
+        ));
+    }
+    rlimit::set_nofile(needed, hard)?;
+    eprintln!("pop3bench: raised the open-files limit from {soft} to {needed}");
+    Ok(())
+}
+
+#[cfg(all(
+    target_os = "linux",
+    any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64"
+    )
+))]
+mod rlimit {
+    //! getrlimit/setrlimit without the libc crate, which pop3d does not depend on: std links
+    //! the C library anyway, so declaring the two functions is enough.
+    use std::ffi::c_int;
+
+    /// `struct rlimit`: two `rlim_t`, a 64-bit `unsigned long` on these targets.
+    #[repr(C)]
+    struct Rlimit {
+        cur: u64,
+        max: u64,
+    }
+
+    /// RLIMIT_NOFILE on x86-64, AArch64 and RISC-V Linux (MIPS, SPARC and Alpha number it
+    /// differently, and 32-bit targets have a narrower `rlim_t`: hence the target list).
+    const RLIMIT_NOFILE: c_int = 7;
+
+    unsafe extern "C" {
+        fn getrlimit(resource: c_int, rlim: *mut Rlimit) -> c_int;
+        fn setrlimit(resource: c_int, rlim: *const Rlimit) -> c_int;
+    }
+
+    /// The soft and hard open-files limits.
+    pub fn nofile() -> Option<(u64, u64)> {
+        let mut limit = Rlimit { cur: 0, max: 0 };
+        // SAFETY: `limit` is a valid, writable `struct rlimit`.
+        let rc = unsafe { getrlimit(RLIMIT_NOFILE, &mut limit) };
+        (rc == 0).then_some((limit.cur, limit.max))
+    }
+
+    pub fn set_nofile(soft: u64, hard: u64) -> Result<(), String> {
+        let limit = Rlimit {
+            cur: soft,
+            max: hard,
+        };
+        // SAFETY: `limit` is a valid `struct rlimit`, only read by the call.
+        let rc = unsafe { setrlimit(RLIMIT_NOFILE, &limit) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "cannot raise the open-files limit to {soft}: {}",
+                std::io::Error::last_os_error()
+            ))
+        }
+    }
+}
+
+#[cfg(not(all(
+    target_os = "linux",
+    any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64"
+    )
+)))]
+mod rlimit {
+    pub fn nofile() -> Option<(u64, u64)> {
+        None
+    }
+
+    pub fn set_nofile(_soft: u64, _hard: u64) -> Result<(), String> {
+        Err("cannot change the open-files limit on this platform".into())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The report
+// ---------------------------------------------------------------------------------------------
+
+/// One table row: one workload over one transport.
+struct Row {
+    workload: &'static str,
+    transport: String,
+    result: String,
+    detail: String,
+    cpu: String,
+    errors: u64,
+    /// The numbers behind the text, for --json.
+    metrics: Vec<(&'static str, f64)>,
+}
+
+impl Row {
+    fn failed(workload: &'static str, why: &str) -> Row {
+        Row {
+            workload,
+            transport: "-".into(),
+            result: "FAILED".into(),
+            detail: why.replace('|', "/"),
+            cpu: "n/a".into(),
+            errors: 1,
+            metrics: Vec::new(),
+        }
+    }
+}
+
+struct Report {
+    nproc: usize,
+    cpu_model: String,
+    kernel: String,
+    server: String,
+    revision: Option<String>,
+    /// The run's settings, for the header and the JSON.
+    settings: Vec<(&'static str, Json)>,
+    rows: Vec<Row>,
+    timings: Vec<(&'static str, f64, Option<CpuUsage>)>,
+    server_log: Option<ServerLogSummary>,
+}
+
+impl Report {
+    fn new(args: &Args, env: &Env) -> Report {
+        let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map_or("unknown CPU".into(), |(_, m)| m.trim().to_owned());
+        let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map_or("unknown".into(), |k| k.trim().to_owned());
+        let mut settings = vec![
+            ("bench", Json::Str(args.bench.clone())),
+            ("clients", Json::Num(args.clients as f64)),
+            ("seconds", Json::Num(args.seconds)),
+            ("rounds", Json::Num(args.rounds as f64)),
+            ("batch", Json::Num(args.batch as f64)),
+            ("idle", Json::Num(args.idle as f64)),
+            ("bigbox", Json::Num(args.bigbox as f64)),
+            ("seed", Json::Num(args.seed as f64)),
+            ("tls_resume", Json::Bool(args.tls_resume)),
+        ];
+        if let Some((messages, octets)) = env.mailbox {
+            settings.push(("messages", Json::Num(messages as f64)));
+            settings.push(("mailbox_octets", Json::Num(octets as f64)));
+        }
+        Report {
+            nproc: thread::available_parallelism().map_or(0, |n| n.get()),
+            cpu_model,
+            kernel,
+            server: env.label.clone(),
+            revision: env.fixture.as_ref().and_then(|_| pop3d_revision()),
+            settings,
+            rows: Vec::new(),
+            timings: Vec::new(),
+            server_log: None,
+        }
+    }
+
+    /// How long a step took, and who used the CPUs meanwhile.
+    fn timing(&mut self, what: &'static str, took: Duration, usage: Option<CpuUsage>) {
+        self.timings.push((what, took.as_secs_f64(), usage));
+    }
+
+    fn setting(&self, name: &str) -> String {
+        match self.settings.iter().find(|(n, _)| *n == name) {
+            Some((_, Json::Num(n))) => format!("{n}"),
+            Some((_, Json::Str(s))) => s.clone(),
+            Some((_, Json::Bool(b))) => b.to_string(),
+            _ => "?".into(),
+        }
+    }
+
+    fn markdown(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "### pop3bench: {} CPUs, {}, Linux {}; server {}",
+            self.nproc, self.cpu_model, self.kernel, self.server
+        );
+        let _ = writeln!(out);
+        let mailbox = match self.settings.iter().find(|(n, _)| *n == "mailbox_octets") {
+            Some((_, Json::Num(octets))) => format!(
+                "mailbox {} msgs, {:.1} MB; ",
+                self.setting("messages"),
+                octets / 1e6
+            ),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "{mailbox}sessions: {} clients × {} s per transport; retr: {} rounds, batch {}; \
+             TLS {}; MB = 10^6 octets",
+            self.setting("clients"),
+            self.setting("seconds"),
+            self.setting("rounds"),
+            self.setting("batch"),
+            if self.setting("tls_resume") == "true" {
+                "with session resumption"
+            } else {
+                "full handshake per session"
+            }
+        );
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "| workload | transport | result | detail | server CPU | errors |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|");
+        for r in &self.rows {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} |",
+                r.workload, r.transport, r.result, r.detail, r.cpu, r.errors
+            );
+        }
+        let _ = writeln!(out);
+        let times: Vec<String> = self
+            .timings
+            .iter()
+            .map(|(what, s, usage)| match usage {
+                Some(u) => format!("{what} {s:.1} s ({u})"),
+                None => format!("{what} {s:.1} s"),
+            })
+            .collect();
+        let _ = writeln!(out, "Wall time: {}.", times.join("; "));
+        if let Some(log) = &self.server_log {
+            let ends: Vec<String> = log.ends.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = writeln!(
+                out,
+                "Server log: {} lines, {} warnings, {} errors; session ends: {}.",
+                log.lines,
+                log.warnings,
+                log.errors,
+                if ends.is_empty() {
+                    "none".into()
+                } else {
+                    ends.join(", ")
+                }
+            );
+            for sample in &log.samples {
+                let _ = writeln!(out, "    {sample}");
+            }
+        }
+        out
+    }
+
+    fn json(&self) -> Json {
+        let mut top = vec![
+            (
+                "machine",
+                Json::Obj(vec![
+                    ("nproc", Json::Num(self.nproc as f64)),
+                    ("cpu", Json::Str(self.cpu_model.clone())),
+                    ("kernel", Json::Str(self.kernel.clone())),
+                ]),
+            ),
+            ("server", Json::Str(self.server.clone())),
+            (
+                "pop3d_revision",
+                self.revision.clone().map_or(Json::Null, Json::Str),
+            ),
+            ("settings", Json::Obj(self.settings.clone())),
+        ];
+        let results = self
+            .rows
+            .iter()
+            .map(|r| {
+                Json::Obj(vec![
+                    ("workload", Json::Str(r.workload.into())),
+                    ("transport", Json::Str(r.transport.clone())),
+                    ("result", Json::Str(r.result.clone())),
+                    ("detail", Json::Str(r.detail.clone())),
+                    ("errors", Json::Num(r.errors as f64)),
+                    (
+                        "metrics",
+                        Json::Obj(r.metrics.iter().map(|&(k, v)| (k, Json::Num(v))).collect()),
+                    ),
+                ])
+            })
+            .collect();
+        top.push(("results", Json::Arr(results)));
+        top.push((
+            "wall_seconds",
+            Json::Obj(
+                self.timings
+                    .iter()
+                    .map(|&(k, v, _)| (k, Json::Num(v)))
+                    .collect(),
+            ),
+        ));
+        let usage = |u: Option<CpuUsage>| match u {
+            Some(u) => Json::Obj(vec![
+                ("client_cpus", Json::Num(u.client)),
+                ("server_cpus", u.server.map_or(Json::Null, Json::Num)),
+                ("other_processes_share", Json::Num(u.others_share)),
+            ]),
+            None => Json::Null,
+        };
+        top.push((
+            "cpu_use",
+            Json::Obj(
+                self.timings
+                    .iter()
+                    .map(|&(k, _, u)| (k, usage(u)))
+                    .collect(),
+            ),
+        ));
+        if let Some(log) = &self.server_log {
+            top.push((
+                "server_log",
+                Json::Obj(vec![
+                    ("lines", Json::Num(log.lines as f64)),
+                    ("warnings", Json::Num(log.warnings as f64)),
+                    ("errors", Json::Num(log.errors as f64)),
+                ]),
+            ));
+        }
+        Json::Obj(top)
+    }
+}
+
+/// Just enough JSON for --json: serde_json is not among pop3d's dependencies.
+#[derive(Clone)]
+enum Json {
+    Null,
+    Bool(bool),
+    /// Non-finite numbers (a rate over no time) are written as null.
+    Num(f64),
+    Str(String),
+    Arr(Vec<Json>),
+    Obj(Vec<(&'static str, Json)>),
+}
+
+impl Json {
+    fn render(&self) -> String {
+        let mut out = String::new();
+        self.write(&mut out, 0);
+        out.push('\n');
+        out
+    }
+
+    fn write(&self, out: &mut String, indent: usize) {
+        let pad = |out: &mut String, n: usize| out.extend(std::iter::repeat_n(' ', n));
+        match self {
+            Json::Null => out.push_str("null"),
+            Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Json::Num(n) if !n.is_finite() => out.push_str("null"),
+            Json::Num(n) => {
+                let _ = write!(out, "{n}");
+            }
+            Json::Str(s) => write_json_string(out, s),
+            Json::Arr(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    out.push_str(if i == 0 { "\n" } else { ",\n" });
+                    pad(out, indent + 2);
+                    item.write(out, indent + 2);
+                }
+                if !items.is_empty() {
+                    out.push('\n');
+                    pad(out, indent);
+                }
+                out.push(']');
+            }
+            Json::Obj(fields) => {
+                out.push('{');
+                for (i, (key, value)) in fields.iter().enumerate() {
+                    out.push_str(if i == 0 { "\n" } else { ",\n" });
+                    pad(out, indent + 2);
+                    write_json_string(out, key);
+                    out.push_str(": ");
+                    value.write(out, indent + 2);
+                }
+                if !fields.is_empty() {
+                    out.push('\n');
+                    pad(out, indent);
+                }
+                out.push('}');
+            }
+        }
+    }
+}
+
+fn write_json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
