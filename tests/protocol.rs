@@ -322,12 +322,13 @@ fn retr_marks_seen_and_keeps_serving_the_moved_message() {
     let name = deliver(&server.maildir("alice"), 1, b"Subject: s\n\nbody\n");
     let mut c = server.login("alice", "secret");
     c.fetch("RETR 1");
+    // The flag is set with the session's next file operation (here the next RETR).
+    assert_eq!(c.fetch("RETR 1"), b"Subject: s\r\n\r\nbody\r\n");
     let seen = server
         .maildir("alice")
         .join("cur")
         .join(format!("{name}:2,S"));
     assert!(seen.exists());
-    assert_eq!(c.fetch("RETR 1"), b"Subject: s\r\n\r\nbody\r\n");
     // An IMAP server changing flags renames it again: still found, then deleted at QUIT.
     std::fs::rename(
         &seen,
@@ -608,6 +609,38 @@ fn new_maildirs_and_state_files_are_private() {
         assert_eq!(mode(&server.maildir("bob").join(sub)), 0o700, "{sub}");
     }
     assert_eq!(mode(&server.maildir("bob").join("pop3d.lock")), 0o600);
+}
+
+#[test]
+fn retrieved_messages_are_marked_seen_however_the_session_ends() {
+    let server = Server::start(USERS, &[]);
+    let names = fill(&server, "alice", 3);
+    let seen = |name: &str| {
+        server
+            .maildir("alice")
+            .join("cur")
+            .join(format!("{name}:2,S"))
+            .exists()
+    };
+    // QUIT without DELE.
+    let mut c = server.login("alice", "secret");
+    c.fetch("RETR 1");
+    c.ok("QUIT");
+    assert!(seen(&names[0]));
+    // A dropped connection.
+    let mut c = server.login("alice", "secret");
+    c.fetch("RETR 2");
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen(&names[1]) {
+        assert!(Instant::now() < deadline, "Seen never set after a drop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // TOP does not mark.
+    let mut c = server.login("alice", "secret");
+    c.fetch("TOP 3 0");
+    c.ok("QUIT");
+    assert!(!seen(&names[2]));
 }
 
 #[test]

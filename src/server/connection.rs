@@ -67,6 +67,28 @@ struct Connection<'a, S> {
     login: Option<(String, Mode)>,
     /// This session's place among its user's sessions from this address.
     session_slot: Option<Slot<(String, IpAddr)>>,
+    /// Messages sent by RETR whose Seen flag is still to be set.
+    retrieved: Vec<usize>,
+}
+
+/// A message file and the last chunk read from it, moved to the blocking pool and back.
+struct FileChunk {
+    file: std::fs::File,
+    buf: Vec<u8>,
+    len: io::Result<usize>,
+}
+
+impl FileChunk {
+    /// Reads the next chunk, retrying reads a signal interrupted.
+    fn fill(&mut self) {
+        use std::io::Read;
+        self.len = loop {
+            match self.file.read(&mut self.buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+    }
 }
 
 /// What a successful login hands to the connection.
@@ -196,6 +218,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             mailbox: None,
             login: None,
             session_slot: None,
+            retrieved: Vec::new(),
         }
     }
 
@@ -210,6 +233,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             mailbox: None,
             login: None,
             session_slot: None,
+            retrieved: Vec::new(),
         }
     }
 
@@ -281,7 +305,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             Effect::Close => {
                 // Unlock before the last reply goes out, so a client that logs in again at
                 // once is not told the mailbox is in use.
-                self.mailbox = None;
+                self.release_mailbox().await;
                 return Ok(Some(End::Closed));
             }
             Effect::StartTls => return Ok(Some(End::StartTls)),
@@ -335,7 +359,12 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     return Err(End::Error("update without a mailbox".into()));
                 };
                 // The mailbox, and with it the lock, is dropped before the reply is written.
-                let result = rt::unblock(move || mailbox.update(&marked)).await;
+                let seen = std::mem::take(&mut self.retrieved);
+                let result = rt::unblock(move || {
+                    mailbox.mark_seen_all(&seen);
+                    mailbox.update(&marked)
+                })
+                .await;
                 if let (Ok(report), Some((_, mode))) = (&result, &self.login) {
                     let applied = self
                         .ctx
@@ -456,47 +485,64 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         }
     }
 
-    /// Streams a message for RETR or TOP, then (RETR only) marks it seen.
+    /// Streams a message for RETR or TOP. Opening it, reading its first chunk and setting
+    /// the Seen flags of the messages retrieved before are one trip to the blocking pool, so
+    /// a typical message costs one hand-off, not three.
     async fn send(&mut self, index: usize, top_lines: Option<u64>) -> Result<(), End> {
         let Some(mut mailbox) = self.mailbox.take() else {
             return Err(End::Error("send without a mailbox".into()));
         };
-        let (mut mailbox, opened) = rt::unblock(move || {
-            let opened = mailbox.open_message(index);
+        let seen = std::mem::take(&mut self.retrieved);
+        let (mailbox, opened) = rt::unblock(move || {
+            mailbox.mark_seen_all(&seen);
+            let opened = mailbox.open_message(index).map(|file| {
+                let mut chunk = FileChunk {
+                    file,
+                    buf: vec![0; FILE_CHUNK],
+                    len: Ok(0),
+                };
+                chunk.fill();
+                chunk
+            });
             (mailbox, opened)
         })
         .await;
-        let file = match opened {
-            Ok(file) => file,
+        self.mailbox = Some(mailbox);
+        let mut chunk = match opened {
+            Ok(chunk) => chunk,
             Err(e) => {
                 if let MessageError::Io(e) = &e {
-                    log::error!("cannot open message in {}: {e}", mailbox.dir().display());
+                    log::error!("cannot open a message of {:?}: {e}", self.login_name());
                 }
-                self.session
-                    .send_failed(index, matches!(e, MessageError::Vanished), &mut self.out);
-                self.mailbox = Some(mailbox);
+                let vanished = matches!(e, MessageError::Vanished);
+                self.session.send_failed(index, vanished, &mut self.out);
                 return Ok(());
             }
         };
         self.session.send_started(index, top_lines, &mut self.out);
-        let mut file = rt::File::from(file);
         let mut encoder = BodyEncoder::new(top_lines);
-        let mut chunk = vec![0u8; FILE_CHUNK];
-        while !encoder.is_done() {
-            let n = match file.read(&mut chunk).await {
+        loop {
+            let n = match chunk.len {
                 Ok(0) => break,
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
+                Err(ref e) => {
                     // Part of the body is out: the reply can't be completed or retracted.
-                    log::error!("read error in {}: {e}", mailbox.dir().display());
+                    log::error!("read error in a message of {:?}: {e}", self.login_name());
                     return Err(End::Error(format!("message read failed: {e}")));
                 }
             };
-            encoder.push(&chunk[..n], &mut self.out);
+            encoder.push(&chunk.buf[..n], &mut self.out);
+            if encoder.is_done() {
+                break;
+            }
             if self.out.len() >= WRITE_CHUNK {
                 self.flush().await?;
             }
+            chunk = rt::unblock(move || {
+                chunk.fill();
+                chunk
+            })
+            .await;
         }
         encoder.finish(&mut self.out);
         if top_lines.is_none() {
@@ -505,19 +551,24 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             metrics
                 .octets_retrieved
                 .inc_by(self.session.message_size(index));
-            mailbox = rt::unblock(move || {
-                if let Err(MessageError::Io(e)) = mailbox.mark_seen(index) {
-                    log::debug!(
-                        "cannot mark a message seen in {}: {e}",
-                        mailbox.dir().display()
-                    );
-                }
-                mailbox
-            })
-            .await;
+            // Set Seen with the next trip to the blocking pool, or when the session ends.
+            self.retrieved.push(index);
         }
-        self.mailbox = Some(mailbox);
         Ok(())
+    }
+
+    /// Sets the Seen flags still pending and unlocks the mailbox.
+    async fn release_mailbox(&mut self) {
+        let seen = std::mem::take(&mut self.retrieved);
+        if let Some(mut mailbox) = self.mailbox.take()
+            && !seen.is_empty()
+        {
+            rt::unblock(move || mailbox.mark_seen_all(&seen)).await;
+        }
+    }
+
+    fn login_name(&self) -> &str {
+        self.login.as_ref().map_or("-", |(name, _)| name.as_str())
     }
 
     /// Writes pending output, then lets a large buffer go so idle sessions stay small.
@@ -545,6 +596,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
     /// Closes the stream (for TLS, with the close_notify alert RFC 8446 §6.1 asks for) and
     /// logs the session.
     async fn finish(mut self, end: End) {
+        self.release_mailbox().await;
         let _ = rt::timeout(Duration::from_secs(5), self.stream.close()).await;
         if let Some((_, mode)) = &self.login {
             self.ctx

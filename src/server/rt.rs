@@ -8,7 +8,6 @@ use std::future::Future;
 use std::io;
 use std::time::Duration;
 
-pub use async_std::fs::File;
 pub use async_std::net::{TcpListener, TcpStream};
 
 /// Runs the server's top-level future on the current thread, with the executor's workers.

@@ -106,9 +106,12 @@ impl Mailbox {
         let mut listed = scan(dir).map_err(io_context(format!("listing {}", dir.display())))?;
         let present: HashSet<String> = listed.iter().map(|m| m.uidl.clone()).collect();
         listed.retain(|m| !hidden.contains(&m.uidl));
-        listed.sort_by(|a, b| {
-            names::delivery_key(names::unique(&a.entry.name))
-                .cmp(&names::delivery_key(names::unique(&b.entry.name)))
+        // Delivery order: the time each unique name starts with (computed once, in `scan`),
+        // then the unique name for messages of the same second.
+        listed.sort_unstable_by(|a, b| {
+            a.time
+                .cmp(&b.time)
+                .then_with(|| names::unique(&a.entry.name).cmp(names::unique(&b.entry.name)))
         });
 
         let sizes = message_sizes(dir, &listed, &present)?;
@@ -211,6 +214,15 @@ impl Mailbox {
         Ok(())
     }
 
+    /// Sets the Seen flag of messages sent by RETR; a failure costs only the flag.
+    pub fn mark_seen_all(&mut self, indices: &[usize]) {
+        for &index in indices {
+            if let Err(MessageError::Io(e)) = self.mark_seen(index) {
+                log::debug!("cannot mark {} seen: {e}", self.path(index).display());
+            }
+        }
+    }
+
     /// QUIT's update (RFC 1939 §6) for the 0-based `marked` messages. Delete mode removes
     /// them; keep mode marks them seen and adds them to this login's hidden set.
     pub fn update(&mut self, marked: &[usize]) -> Result<UpdateReport, String> {
@@ -272,6 +284,8 @@ impl Mailbox {
 struct Listed {
     entry: Entry,
     uidl: String,
+    /// The delivery time at the start of the unique name, for sorting.
+    time: u64,
 }
 
 /// Lists new/ and cur/ (never tmp/, where deliveries are still being written).
@@ -290,10 +304,13 @@ fn scan(dir: &Path) -> io::Result<Vec<Listed>> {
             if name.starts_with('.') {
                 continue;
             }
-            let uidl = names::uidl(names::unique(&name)).into_owned();
+            let unique = names::unique(&name);
+            let uidl = names::uidl(unique).into_owned();
+            let time = names::delivery_time(unique);
             listed.push(Listed {
                 entry: Entry { in_new, name },
                 uidl,
+                time,
             });
         }
     }

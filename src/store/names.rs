@@ -35,12 +35,11 @@ pub fn uidl(unique: &str) -> Cow<'_, str> {
     Cow::Owned(id)
 }
 
-/// Sort key for delivery order: the seconds that start a unique name, then the name.
-/// Names without a time sort after all others.
-pub fn delivery_key(unique: &str) -> (u64, &str) {
+/// The delivery time a unique name starts with, in seconds; names without one sort after
+/// all others.
+pub fn delivery_time(unique: &str) -> u64 {
     let digits = unique.bytes().take_while(u8::is_ascii_digit).count();
-    let time = unique[..digits].parse().unwrap_or(u64::MAX);
-    (time, unique)
+    unique[..digits].parse().unwrap_or(u64::MAX)
 }
 
 /// The `,W=` size Dovecot writes: the message's size with CRLF line ends.
@@ -106,7 +105,7 @@ mod tests {
             "1700000010.B",
             "1700000002.c",
         ];
-        names.sort_by_key(|n| delivery_key(n));
+        names.sort_by_key(|n| (delivery_time(n), *n));
         assert_eq!(
             names,
             [
