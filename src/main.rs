@@ -158,7 +158,7 @@ fn main() -> ExitCode {
 fn init_logging() {
     let mut builder =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
+    if stderr_is_journal() {
         builder.format(|out, record| {
             let priority = match record.level() {
                 log::Level::Error => 3,
@@ -170,6 +170,23 @@ fn init_logging() {
         });
     }
     builder.init();
+}
+
+/// Whether standard error is systemd's journal stream: JOURNAL_STREAM names its device and
+/// inode (systemd.exec(5)), so a child that inherits the variable but writes elsewhere is
+/// not fooled.
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    match std::fs::metadata("/proc/self/fd/2") {
+        Ok(meta) => dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino()),
+        Err(_) => false,
+    }
 }
 
 fn run_serve(args: Serve) -> Result<(), String> {

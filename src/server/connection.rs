@@ -177,7 +177,13 @@ async fn handshake(
     ctx: &Context<'_>,
 ) -> Option<tls::TlsStream<rt::TcpStream>> {
     let acceptor = acceptor?;
-    match rt::timeout(ctx.config.login_timeout, acceptor.accept(stream)).await {
+    let accept = rt::timeout(ctx.config.login_timeout, acceptor.accept(stream));
+    // A client that never completes its handshake must not hold up a shutdown.
+    let shutdown = async {
+        ctx.shared.shutdown.wait().await;
+        Err(io::Error::other("server shutting down"))
+    };
+    match futures_lite::future::or(accept, shutdown).await {
         Ok(tls) => Some(tls),
         Err(e) => {
             log::debug!("TLS handshake with {} failed: {e}", ctx.peer);
@@ -321,15 +327,19 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                         self.mailbox = Some(mailbox);
                         self.login = Some((login, mode));
                         self.session_slot = Some(slot);
-                        self.ctx
-                            .shared
-                            .metrics
+                        let metrics = &self.ctx.shared.metrics;
+                        metrics.logins.get_or_create(&Metrics::result("ok")).inc();
+                        metrics
                             .sessions_open
                             .get_or_create(&Metrics::label(mode))
                             .inc();
                         self.session.logged_in(messages, mode, &mut self.out);
                     }
                     Err(failure) => {
+                        if failure != LoginFailure::BadCredentials {
+                            let refused = Metrics::result("refused");
+                            self.ctx.shared.metrics.logins.get_or_create(&refused).inc();
+                        }
                         if let Effect::Close = self.session.login_failed(failure, &mut self.out) {
                             return Ok(Some(End::Closed));
                         }
@@ -422,15 +432,12 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 .inc();
             // Each failure from this address makes the next answer slower; other clients
             // are not slowed, since only this connection waits.
-            rt::sleep(shared.limits.failed_login(ip, Instant::now())).await;
+            // SIGTERM cuts the pause short: a guesser must not hold up a shutdown.
+            let pause = rt::sleep(shared.limits.failed_login(ip, Instant::now()));
+            futures_lite::future::or(pause, shared.shutdown.wait()).await;
             return Err(LoginFailure::BadCredentials);
         };
         shared.limits.succeeded_login(ip);
-        shared
-            .metrics
-            .logins
-            .get_or_create(&Metrics::result("ok"))
-            .inc();
         if let Err(seconds) = shared.limits.login_delay(&login, Instant::now()) {
             log::info!("login refused, too soon (LOGIN-DELAY): user={login:?} addr={ip}");
             return Err(LoginFailure::TooSoon(seconds));
