@@ -5,12 +5,14 @@
 //! - `pop3d-sizes`: `unique size` lines for messages whose name carries no `,W=` size.
 //! - `pop3d-hidden` / `pop3d-hidden.DEVICE`: unique names a keep-mode login hid with DELE.
 //!
-//! State files are replaced whole (write, fsync, rename), so a crash leaves the old or the
-//! new version, never a torn one; a lost state file only costs work, never a message.
+//! State files are written in tmp/ and renamed into place (write, fsync, rename), so a crash
+//! leaves the old or the new version, never a torn one; a lost state file only costs work,
+//! never a message.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -84,9 +86,17 @@ pub fn write_atomic<T: std::fmt::Display>(
     path: &Path,
     lines: impl Iterator<Item = T>,
 ) -> io::Result<()> {
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(format!(".tmp.{}", std::process::id()));
-    let tmp = PathBuf::from(tmp_name);
+    // Written in the Maildir's tmp/, as an MDA writes: no name there can be taken for a
+    // state file (a device may be called anything, "x.tmp.123" included), and what a crash
+    // leaves behind is swept by the usual tmp/ cleanup.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let tmp = parent.join("tmp").join(format!(
+        "{name}.{}.{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
     let result = (|| {
         let file = OpenOptions::new()
             .write(true)
@@ -118,7 +128,7 @@ mod tests {
     #[test]
     fn sets_and_sizes_round_trip() {
         let dir = std::env::temp_dir().join(format!("pop3d-state-test-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        fs::create_dir_all(dir.join("tmp")).unwrap();
         let hidden = hidden_file(&dir, Some("laptop"));
         assert!(read_set(&hidden).unwrap().is_empty());
         write_atomic(&hidden, ["a", "b"].iter()).unwrap();

@@ -375,3 +375,234 @@ impl Server {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// For tests that drive real client programs (tests/matrix.rs): bounded subprocesses, a
+// certificate made with the openssl CLI, byte comparisons, line ends and generated mail.
+// ---------------------------------------------------------------------------------------
+
+/// Runs `cmd` to completion with `input` on its standard input. Kills it and panics once it
+/// has run for `limit`; a program that cannot be started panics with the `apt-get install`
+/// that brings it (`package`).
+pub fn run_with_limit(
+    cmd: &mut Command,
+    input: &[u8],
+    limit: Duration,
+    package: &str,
+) -> std::process::Output {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {program} ({e}): apt-get install -y {package}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    // Writing and reading on threads of their own: a client that talks a lot before it
+    // reads all its input must not dead-lock with us.
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let collect = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = pipe.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = collect(Box::new(child.stdout.take().unwrap()));
+    let err = collect(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        match child.try_wait().expect("wait for a client process") {
+            Some(status) => break status,
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{program} still running after {limit:?}: killed");
+            }
+        }
+    };
+    let _ = feeder.join();
+    std::process::Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+/// Fails, naming the package to `apt-get install`, unless `program args` runs and exits 0.
+/// Returns what it printed.
+pub fn require_program(program: &str, args: &[&str], package: &str) -> String {
+    let out = run_with_limit(
+        Command::new(program).args(args),
+        b"",
+        Duration::from_secs(60),
+        package,
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed ({}): {text}\napt-get install -y {package}",
+        out.status
+    );
+    text
+}
+
+/// CRLF line ends to LF (as clients that deliver to a Maildir or an MDA store messages).
+pub fn lf(wire: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(wire.len());
+    for (i, &b) in wire.iter().enumerate() {
+        if !(b == b'\r' && wire.get(i + 1) == Some(&b'\n')) {
+            out.push(b);
+        }
+    }
+    out
+}
+
+/// None when equal; otherwise both lengths and the text around the first difference.
+pub fn first_difference(got: &[u8], want: &[u8]) -> Option<String> {
+    if got == want {
+        return None;
+    }
+    let at = got
+        .iter()
+        .zip(want)
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(want.len()));
+    let from = at.saturating_sub(30);
+    Some(format!(
+        "{} octets, expected {}; first difference at {at}: got {:?}, want {:?}",
+        got.len(),
+        want.len(),
+        String::from_utf8_lossy(&got[from..(at + 30).min(got.len())]),
+        String::from_utf8_lossy(&want[from..(at + 30).min(want.len())]),
+    ))
+}
+
+/// A self-signed ECDSA P-256 certificate for localhost and 127.0.0.1 with its PKCS#8 key
+/// (which both TLS backends load), made by the openssl CLI in a folder removed on drop.
+pub struct TestCert {
+    pub dir: tempfile::TempDir,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCert {
+    pub fn new() -> TestCert {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("server.crt");
+        let key = dir.path().join("server.key");
+        let (c, k) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        require_program(
+            "openssl",
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                k,
+                "-out",
+                c,
+                "-days",
+                "2",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            ],
+            "openssl",
+        );
+        TestCert { dir, cert, key }
+    }
+
+    pub fn cert(&self) -> &str {
+        self.cert.to_str().unwrap()
+    }
+
+    pub fn key(&self) -> &str {
+        self.key.to_str().unwrap()
+    }
+}
+
+/// Deterministic pseudo-random bytes (a 64-bit LCG, top byte of each step).
+pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed;
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 56) as u8
+        })
+        .collect()
+}
+
+/// Standard base64 with padding in lines of 76 characters, each ended by LF (RFC 2045).
+pub fn base64_lines(data: &[u8]) -> Vec<u8> {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(data);
+    let mut out = Vec::with_capacity(encoded.len() + encoded.len() / 76 + 1);
+    for line in encoded.as_bytes().chunks(76) {
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out
+}
+
+/// Puts a message straight into cur/ with these Maildir flags (`"S"`, `"FR"`), as an IMAP
+/// server that has seen it would. Returns its unique name.
+pub fn deliver_to_cur(maildir: &Path, time: u64, flags: &str, body: &[u8]) -> String {
+    for sub in ["tmp", "new", "cur"] {
+        std::fs::create_dir_all(maildir.join(sub)).unwrap();
+    }
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = format!("{time}.P{}Q{n}.testhost", std::process::id());
+    let tmp = maildir.join("tmp").join(&name);
+    std::fs::write(&tmp, body).unwrap();
+    std::fs::rename(&tmp, maildir.join("cur").join(format!("{name}:2,{flags}"))).unwrap();
+    name
+}
+
+/// Splits the first `names.len()` header fields off a message, checking that they are these
+/// fields in this order (case-insensitive names; continuation lines belong to their field).
+/// Returns the fields, as they were, and the rest of the message.
+pub fn split_leading_fields<'a>(
+    message: &'a [u8],
+    names: &[&str],
+) -> Result<(Vec<String>, &'a [u8]), String> {
+    let mut rest = message;
+    let mut fields = Vec::new();
+    for name in names {
+        let prefix = format!("{}:", name.to_ascii_lowercase());
+        if !rest.to_ascii_lowercase().starts_with(prefix.as_bytes()) {
+            return Err(format!(
+                "expected a {name}: field here, found {:?}",
+                String::from_utf8_lossy(&rest[..rest.len().min(80)])
+            ));
+        }
+        let mut end = 0;
+        loop {
+            let Some(nl) = rest[end..].iter().position(|&b| b == b'\n') else {
+                return Err(format!("the {name}: field does not end"));
+            };
+            end += nl + 1;
+            if !matches!(rest.get(end), Some(b' ' | b'\t')) {
+                break;
+            }
+        }
+        fields.push(String::from_utf8_lossy(&rest[..end]).into_owned());
+        rest = &rest[end..];
+    }
+    Ok((fields, rest))
+}
