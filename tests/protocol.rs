@@ -61,12 +61,14 @@ fn rset_unmarks_and_a_dropped_connection_deletes_nothing() {
     assert!(c.ok("RSET").contains("3 messages"));
     c.ok("DELE 3");
     drop(c);
+    // The lock goes when the server notices the drop; a login before that is [IN-USE].
+    assert!(server.wait_for_log_count("end=disconnected", 1));
     let mut c = server.login("alice", "secret");
     c.ok("DELE 1");
     c.ok("DELE 2");
     c.ok("DELE 3");
     drop(c); // no QUIT: RFC 1939 §6, no UPDATE
-    assert!(server.wait_for_log("end=disconnected"));
+    assert!(server.wait_for_log_count("end=disconnected", 2));
     assert_eq!(messages_on_disk(&server.maildir("alice")).len(), 3);
     let mut c = server.login("alice", "secret");
     assert!(c.ok("STAT").starts_with("+OK 3 "));

@@ -8,6 +8,7 @@ mod names;
 mod state;
 pub mod template;
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read};
@@ -49,6 +50,13 @@ struct Entry {
     name: String,
 }
 
+impl Entry {
+    /// The UIDL, from the unique part of the name: it survives flag changes and new→cur.
+    fn uidl(&self) -> Cow<'_, str> {
+        names::uidl(names::unique(&self.name))
+    }
+}
+
 /// A user's Maildir, opened and locked for one session.
 #[derive(Debug)]
 pub struct Mailbox {
@@ -56,8 +64,6 @@ pub struct Mailbox {
     mode: Mode,
     device: Option<String>,
     entries: Vec<Entry>,
-    /// The UIDL of each entry, kept to find a message again and for keep mode's hidden set.
-    uidls: Vec<String>,
     /// Released when the session ends, or when the process dies: a crash never locks out.
     _lock: File,
 }
@@ -75,17 +81,14 @@ impl Mailbox {
         mode: Mode,
         device: Option<&str>,
     ) -> Result<(Mailbox, Vec<Message>), OpenError> {
-        // A new Maildir is private to its user, as MDAs and Dovecot create them.
-        let mut builder = fs::DirBuilder::new();
-        builder.recursive(true).mode(0o700);
-        for sub in ["cur", "new", "tmp"] {
-            let path = dir.join(sub);
-            builder
-                .create(&path)
-                .map_err(io_context(format!("creating {}", path.display())))?;
+        let lock = match state::open_lock(dir, state::LOCK) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                create_maildir(dir)?;
+                state::open_lock(dir, state::LOCK)
+            }
+            other => other,
         }
-        let lock =
-            state::open_lock(dir, state::LOCK).map_err(io_context("opening the lock file"))?;
+        .map_err(io_context("opening the lock file"))?;
         let locked = match mode {
             Mode::Delete => lock.try_lock(),
             Mode::Keep => lock.try_lock_shared(),
@@ -103,33 +106,40 @@ impl Mailbox {
                 .map_err(io_context("reading the hidden set"))?,
             Mode::Delete => HashSet::new(),
         };
-        let mut listed = scan(dir).map_err(io_context(format!("listing {}", dir.display())))?;
-        let present: HashSet<String> = listed.iter().map(|m| m.uidl.clone()).collect();
-        listed.retain(|m| !hidden.contains(&m.uidl));
+        let mut all = match scan(dir) {
+            // A Maildir created by hand, or by an MDA that makes new/ only when it delivers.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                create_maildir(dir)?;
+                scan(dir)
+            }
+            other => other,
+        }
+        .map_err(io_context(format!("listing {}", dir.display())))?;
         // Delivery order: the time each unique name starts with (computed once, in `scan`),
         // then the unique name for messages of the same second.
-        listed.sort_unstable_by(|a, b| {
+        all.sort_unstable_by(|a, b| {
             a.time
                 .cmp(&b.time)
-                .then_with(|| names::unique(&a.entry.name).cmp(names::unique(&b.entry.name)))
+                .then_with(|| a.entry.name[..a.unique_len].cmp(&b.entry.name[..b.unique_len]))
         });
-
-        let sizes = message_sizes(dir, &listed, &present)?;
+        let sizes = message_sizes(dir, &all, &hidden)?;
+        let listed: Vec<Listed> = all
+            .into_iter()
+            .filter(|m| !hidden.contains(&*m.entry.uidl()))
+            .collect();
         let mut mailbox = Mailbox {
             dir: dir.to_owned(),
             mode,
             device: device.map(str::to_owned),
             entries: Vec::with_capacity(listed.len()),
-            uidls: Vec::with_capacity(listed.len()),
             _lock: lock,
         };
         let mut messages = Vec::with_capacity(listed.len());
         for (listed, size) in listed.into_iter().zip(sizes) {
             messages.push(Message {
-                uid: listed.uidl.as_str().into(),
+                uid: listed.entry.uidl().into(),
                 size,
             });
-            mailbox.uidls.push(listed.uidl);
             mailbox.entries.push(listed.entry);
         }
         Ok((mailbox, messages))
@@ -148,12 +158,12 @@ impl Mailbox {
 
     /// Finds a message again after another client renamed it; false if it is gone.
     fn relocate(&mut self, index: usize) -> io::Result<bool> {
-        let uidl = &self.uidls[index];
+        let uidl = self.entries[index].uidl().into_owned();
         for (sub, in_new) in [("cur", false), ("new", true)] {
             for item in fs::read_dir(self.dir.join(sub))? {
                 let name = item?.file_name();
                 let Some(name) = name.to_str() else { continue };
-                if names::uidl(names::unique(name)) == uidl.as_str() {
+                if names::uidl(names::unique(name)) == uidl {
                     self.entries[index] = Entry {
                         in_new,
                         name: name.to_owned(),
@@ -253,16 +263,18 @@ impl Mailbox {
             }
         }
         let path = state::hidden_file(&self.dir, self.device.as_deref());
-        let listed: HashSet<&str> = self.uidls.iter().map(String::as_str).collect();
+        let listed: HashSet<Cow<'_, str>> = self.entries.iter().map(Entry::uidl).collect();
         let result = state::with_state_lock(&self.dir, || {
             // Merge with what other sessions of this login recorded meanwhile.
             let mut hidden = state::read_set(&path)?;
-            hidden.extend(marked.iter().map(|&i| self.uidls[i].clone()));
+            hidden.extend(marked.iter().map(|&i| self.entries[i].uidl().into_owned()));
             // Forget ids whose files are gone; names we listed are known to exist, others
             // need a fresh look at the folder.
             if hidden.iter().any(|id| !listed.contains(id.as_str())) {
-                let present: HashSet<String> =
-                    scan(&self.dir)?.into_iter().map(|m| m.uidl).collect();
+                let present: HashSet<String> = scan(&self.dir)?
+                    .iter()
+                    .map(|m| m.entry.uidl().into_owned())
+                    .collect();
                 hidden.retain(|id| present.contains(id));
             }
             state::write_atomic(&path, hidden.iter())
@@ -283,7 +295,8 @@ impl Mailbox {
 /// A message found by a scan, before sizes.
 struct Listed {
     entry: Entry,
-    uidl: String,
+    /// The length of the unique part of the name, so sorting needn't search for ':'.
+    unique_len: usize,
     /// The delivery time at the start of the unique name, for sorting.
     time: u64,
 }
@@ -305,11 +318,11 @@ fn scan(dir: &Path) -> io::Result<Vec<Listed>> {
                 continue;
             }
             let unique = names::unique(&name);
-            let uidl = names::uidl(unique).into_owned();
+            let unique_len = unique.len();
             let time = names::delivery_time(unique);
             listed.push(Listed {
                 entry: Entry { in_new, name },
-                uidl,
+                unique_len,
                 time,
             });
         }
@@ -317,34 +330,34 @@ fn scan(dir: &Path) -> io::Result<Vec<Listed>> {
     Ok(listed)
 }
 
-/// The wire size of each listed message: from a `,W=` in its name, else from the size
-/// cache, else by reading it once (and then caching it).
-/// `present` is every message in the folder, so the cache keeps what other logins see.
+/// The wire size of each message not in `hidden`, in order: from a `,W=` in its name, else
+/// from the size cache, else by reading it once (and then caching it). `all` is every
+/// message in the folder, so the cache keeps what other logins see.
 fn message_sizes(
     dir: &Path,
-    listed: &[Listed],
-    present: &HashSet<String>,
+    all: &[Listed],
+    hidden: &HashSet<String>,
 ) -> Result<Vec<u64>, OpenError> {
     let cache_path = state::sizes_file(dir);
-    let mut cache: Option<HashMap<String, u64>> = None;
-    let mut computed = false;
-    let mut sizes = Vec::with_capacity(listed.len());
-    for m in listed {
+    let mut cache: Option<std::sync::Arc<HashMap<String, u64>>> = None;
+    let mut fresh: HashMap<String, u64> = HashMap::new();
+    let mut sizes = Vec::with_capacity(all.len());
+    for m in all.iter().filter(|m| !hidden.contains(&*m.entry.uidl())) {
         if let Some(size) = names::wire_size(names::unique(&m.entry.name)) {
             sizes.push(size);
             continue;
         }
-        let cache = match &mut cache {
-            Some(c) => c,
-            None => cache.insert(state::read_sizes(&cache_path).unwrap_or_else(|e| {
+        let cache = cache.get_or_insert_with(|| {
+            state::read_sizes_shared(&cache_path).unwrap_or_else(|e| {
                 log::warn!(
                     "ignoring unreadable size cache {}: {e}",
                     cache_path.display()
                 );
-                HashMap::new()
-            })),
-        };
-        if let Some(&size) = cache.get(&m.uidl) {
+                Default::default()
+            })
+        });
+        let uidl = m.entry.uidl();
+        if let Some(&size) = cache.get(&*uidl) {
             sizes.push(size);
             continue;
         }
@@ -357,16 +370,16 @@ fn message_sizes(
             Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
             Err(e) => return Err(OpenError::Io(format!("reading {}", path.display()), e)),
         };
-        cache.insert(m.uidl.clone(), size);
-        computed = true;
+        fresh.insert(uidl.into_owned(), size);
         sizes.push(size);
     }
-    if let (true, Some(cache)) = (computed, cache) {
+    if !fresh.is_empty() {
+        let present: HashSet<Cow<'_, str>> = all.iter().map(|m| m.entry.uidl()).collect();
         let written = state::with_state_lock(dir, || {
             // Merge what other sessions cached meanwhile, and drop what is gone.
             let mut merged = state::read_sizes(&cache_path).unwrap_or_default();
-            merged.extend(cache);
-            merged.retain(|id, _| present.contains(id));
+            merged.extend(fresh);
+            merged.retain(|id, _| present.contains(id.as_str()));
             state::write_atomic(
                 &cache_path,
                 merged.iter().map(|(id, size)| format!("{id} {size}")),
@@ -378,6 +391,19 @@ fn message_sizes(
         }
     }
     Ok(sizes)
+}
+
+/// Creates a Maildir's folders, private to its user as MDAs and Dovecot create them.
+fn create_maildir(dir: &Path) -> Result<(), OpenError> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true).mode(0o700);
+    for sub in ["cur", "new", "tmp"] {
+        let path = dir.join(sub);
+        builder
+            .create(&path)
+            .map_err(io_context(format!("creating {}", path.display())))?;
+    }
+    Ok(())
 }
 
 /// Reads a message once to count the octets RETR will send for it.

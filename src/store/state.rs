@@ -12,9 +12,11 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 pub const LOCK: &str = "pop3d.lock";
 const STATE_LOCK: &str = "pop3d-state.lock";
@@ -79,6 +81,38 @@ pub fn read_sizes(path: &Path) -> io::Result<HashMap<String, u64>> {
             Some((name.to_owned(), size.parse().ok()?))
         })
         .collect())
+}
+
+/// The size cache of a Maildir, shared by the sessions of this process while the file is
+/// unchanged: a mailbox polled every few minutes is parsed once, not at every login.
+pub fn read_sizes_shared(path: &Path) -> io::Result<Arc<HashMap<String, u64>>> {
+    /// Which version of the file was parsed: a rewrite (rename) changes the inode.
+    type Stamp = (u64, u64, i64, i64);
+    /// Most Maildirs remembered; past it the memory is simply dropped and refilled.
+    const MAX_SHARED: usize = 4096;
+    static SHARED: Mutex<Option<HashMap<PathBuf, (Stamp, Arc<HashMap<String, u64>>)>>> =
+        Mutex::new(None);
+
+    let stamp = match fs::metadata(path) {
+        Ok(m) => (m.ino(), m.len(), m.mtime(), m.mtime_nsec()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Arc::default()),
+        Err(e) => return Err(e),
+    };
+    let lock = || SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((seen, sizes)) = lock().get_or_insert_with(HashMap::new).get(path)
+        && *seen == stamp
+    {
+        return Ok(sizes.clone());
+    }
+    // Parsed without the lock held, so other mailboxes' logins don't wait for this one.
+    let sizes = Arc::new(read_sizes(path)?);
+    let mut shared = lock();
+    let shared = shared.get_or_insert_with(HashMap::new);
+    if shared.len() >= MAX_SHARED {
+        shared.clear();
+    }
+    shared.insert(path.to_owned(), (stamp, sizes.clone()));
+    Ok(sizes)
 }
 
 /// Replaces `path` with one line per item, atomically and durably.

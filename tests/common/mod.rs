@@ -164,6 +164,18 @@ impl Server {
         false
     }
 
+    /// Waits (bounded) for the log to contain `needle` at least `count` times.
+    pub fn wait_for_log_count(&self, needle: &str, count: usize) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.log().matches(needle).count() >= count {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
