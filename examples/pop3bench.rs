@@ -11,6 +11,12 @@
 //! (Dovecot, say) over a mailbox the caller provides; the content checksums are then skipped,
 //! since only the sizes the server itself announces are known.
 //!
+//! To compare servers on the same mail, `--generate-only DIR` writes the data set (users file
+//! with `{PLAIN}` passwords in Dovecot's passwd-file format, self-signed certificate, the
+//! Maildirs of all workloads) into DIR and exits; serve DIR with both servers and measure each
+//! with `--target ... --data DIR`, which takes the users, passwords and certificate from DIR
+//! and checks every RETR against the files. `bench/vs-dovecot.sh` does this against Dovecot.
+//!
 //! Workloads (`--bench`, default `sessions,retr`):
 //! - `sessions`: C clients loop over connect, USER/PASS, STAT, QUIT for a fixed time, over
 //!   plain POP3, STLS and implicit TLS. Mail clients poll: the cost of a short session is
@@ -38,7 +44,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, mpsc};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, mpsc};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -71,6 +77,11 @@ const ERRORS_SHOWN: usize = 5;
 /// Messages in the `idle` user's mailbox: small, so that the memory per session measures
 /// the connection rather than the listing of a large mailbox.
 const IDLE_MAILBOX: usize = 10;
+/// The users of the data set, each with `{PLAIN}` its own name as password: the mailbox the
+/// sessions and retr workloads use, the idle workload's, the bigbox workload's.
+const BENCH_USER: &str = "bench";
+const IDLE_USER: &str = "idle";
+const BIGBOX_USER: &str = "bigbox";
 /// Threads opening the idle workload's sessions.
 const IDLE_OPENERS: usize = 4;
 /// How long opening all idle sessions may take before the workload gives up.
@@ -134,15 +145,34 @@ struct Args {
     /// name the server certificate must carry (default localhost)
     #[argh(option, default = "String::from(\"localhost\")")]
     server_name: String,
-    /// process id of the --target server, to report its CPU time and memory
+    /// process id of the --target server, to report its CPU time and memory; its child
+    /// processes count with it (Dovecot's login, auth and mail processes); repeatable
     #[argh(option)]
-    server_pid: Option<u32>,
+    server_pid: Vec<u32>,
     /// user with a big mailbox on the --target server, for the bigbox workload
     #[argh(option)]
     bigbox_user: Option<String>,
     /// password of --bigbox-user
     #[argh(option)]
     bigbox_pass: Option<String>,
+    /// user whose sessions the idle workload holds open on the --target server (default
+    /// --user)
+    #[argh(option)]
+    idle_user: Option<String>,
+    /// password of --idle-user
+    #[argh(option)]
+    idle_pass: Option<String>,
+    /// the folder --generate-only wrote, served by the --target server: users, passwords and
+    /// certificate default to its own, and RETR checks every message against its files
+    #[argh(option)]
+    data: Option<PathBuf>,
+    /// write the data set (users, certificate, the Maildirs of every workload: --messages
+    /// mixed, the idle user's, --bigbox small) into this new or empty folder, and exit
+    #[argh(option)]
+    generate_only: Option<PathBuf>,
+    /// names the server in the report (default: pop3d's revision, or the --target address)
+    #[argh(option)]
+    label: Option<String>,
     /// let TLS clients resume sessions (default: a full handshake every time, the worst case)
     #[argh(switch)]
     tls_resume: bool,
@@ -165,6 +195,9 @@ fn main() -> ExitCode {
 fn run(args: &Args) -> Result<(), String> {
     let workloads = Workload::parse_list(&args.bench)?;
     check_args(args)?;
+    if let Some(dir) = &args.generate_only {
+        return generate_only(args, dir);
+    }
     if cfg!(debug_assertions) {
         eprintln!("pop3bench: warning: built without --release; the client itself will be slow");
     }
@@ -179,7 +212,7 @@ fn run(args: &Args) -> Result<(), String> {
 
     let setup_started = Instant::now();
     let env = match args.target {
-        Some(plain) => Env::target(args, plain)?,
+        Some(plain) => Env::target(args, plain, &workloads)?,
         None => Env::self_contained(args, &workloads)?,
     };
     let mut report = Report::new(args, &env);
@@ -214,6 +247,7 @@ fn run(args: &Args) -> Result<(), String> {
     if let Some(fixture) = &env.fixture {
         report.server_log = Some(fixture.daemon.log().summary());
     }
+    report.tls = env.tls_negotiated.get().cloned();
     print!("{}", report.markdown());
     if let Some(path) = &args.json {
         fs::write(path, report.json().render())
@@ -254,15 +288,23 @@ fn check_args(args: &Args) -> Result<(), String> {
             ("--pass", args.pass.is_some()),
             ("--ca", args.ca.is_some()),
             ("--insecure", args.insecure),
-            ("--server-pid", args.server_pid.is_some()),
+            ("--server-pid", !args.server_pid.is_empty()),
             ("--bigbox-user", args.bigbox_user.is_some()),
             ("--bigbox-pass", args.bigbox_pass.is_some()),
+            ("--idle-user", args.idle_user.is_some()),
+            ("--idle-pass", args.idle_pass.is_some()),
+            ("--data", args.data.is_some()),
         ];
         if let Some((flag, _)) = target_only.iter().find(|(_, set)| *set) {
             return Err(format!("{flag} only goes with --target"));
         }
     } else if args.pop3d.is_some() || args.tmpdir.is_some() {
         return Err("--pop3d and --tmpdir are for the self-contained mode, not --target".into());
+    } else if args.generate_only.is_some() {
+        return Err("--generate-only writes a data set; it does not go with --target".into());
+    }
+    if args.generate_only.is_some() && (args.pop3d.is_some() || args.tmpdir.is_some()) {
+        return Err("--generate-only writes into its folder and starts no pop3d".into());
     }
     Ok(())
 }
@@ -345,16 +387,32 @@ struct Env {
     server_name: ServerName<'static>,
     user: String,
     pass: String,
-    /// The server process, for its CPU time and memory; None when unknown.
-    server: Option<Proc>,
-    /// Self-contained mode only: what each message must be on the wire, by UIDL.
-    expected: Option<HashMap<String, Expected>>,
+    /// Who the idle workload logs in as.
+    idle_login: Login,
+    /// Who the bigbox workload logs in as; None when no big mailbox is known (--target
+    /// without --bigbox-user or --data).
+    bigbox_login: Option<Login>,
+    /// The server's processes, for their CPU time and memory; None when unknown.
+    server: Option<ServerProcs>,
+    /// What each message must be on the wire, when the data set is known (self-contained
+    /// mode, or --data).
+    expected: Option<Expectations>,
     /// The generated folder and the daemon serving it (self-contained mode).
     fixture: Option<Fixture>,
     /// Names the server for the report header.
     label: String,
     /// Messages and octets (CRLF) of the benchmark mailbox, when known up front.
     mailbox: Option<(usize, u64)>,
+    /// What the first TLS handshake agreed on (version, cipher suite, key exchange).
+    tls_negotiated: OnceLock<String>,
+}
+
+/// A user name and password.
+type Login = (String, String);
+
+/// The data set's login for `user`: its password is its name.
+fn data_login(user: &str) -> Login {
+    (user.to_owned(), user.to_owned())
 }
 
 /// The self-contained setup. Field order matters: fields drop in order, so the daemon is
@@ -362,7 +420,6 @@ struct Env {
 struct Fixture {
     daemon: Daemon,
     root: tempfile::TempDir,
-    seed: u64,
 }
 
 impl Fixture {
@@ -375,6 +432,16 @@ impl Fixture {
 struct Expected {
     size: u64,
     sha256: [u8; 32],
+}
+
+/// What RETR must send for each message of the benchmark mailbox.
+struct Expectations {
+    /// By unique name, which is pop3d's UIDL.
+    by_uidl: HashMap<String, Expected>,
+    /// Sizes by content, for a --target server whose UIDLs are not the file names (Dovecot
+    /// numbers its messages): RETR must then send one of the data set's messages, byte for
+    /// byte. None in the self-contained mode, where every UIDL must be a file name.
+    by_digest: Option<HashMap<[u8; 32], u64>>,
 }
 
 impl Env {
@@ -392,43 +459,15 @@ impl Env {
         let child = ChildSlot::default();
         clean_up_on_signal(child.clone(), root.path().to_owned())?;
         let path = |name: &str| root.path().join(name);
-        let write = |name: &str, data: &[u8]| {
-            fs::write(path(name), data)
-                .map_err(|e| format!("cannot write {}: {e}", path(name).display()))
-        };
-        write(
-            "users",
-            b"bench:{PLAIN}bench::::::\nidle:{PLAIN}idle::::::\nbigbox:{PLAIN}bigbox::::::\n",
-        )?;
-        let (cert_pem, key_pem) = pop3d::server::tls::self_signed(&["localhost", "127.0.0.1"])
-            .map_err(|e| format!("cannot make a certificate: {e}"))?;
-        write("cert.pem", cert_pem.as_bytes())?;
-        write("key.pem", key_pem.as_bytes())?;
-
-        let mail = root.path().join("mail");
-        let started = Instant::now();
-        let expected = generate_mailbox(
-            &mail.join("bench/Maildir"),
-            args.messages,
-            args.seed,
-            Mix::Mixed,
+        // The big mailbox is generated by its workload, which reports how long that took.
+        let (cert_pem, expected) = write_data_set(
+            root.path(),
+            args,
+            workloads.contains(&Workload::Idle),
+            false,
         )?;
         let octets: u64 = expected.values().map(|e| e.size).sum();
-        eprintln!(
-            "pop3bench: generated {} messages ({:.1} MB with CRLF) in {} in {:.1} s",
-            args.messages,
-            octets as f64 / 1e6,
-            root.path().display(),
-            started.elapsed().as_secs_f64()
-        );
-        if workloads.contains(&Workload::Idle) {
-            generate_mailbox(
-                &mail.join("idle/Maildir"),
-                IDLE_MAILBOX,
-                args.seed ^ 0x1d1e,
-                Mix::Small,
-            )?;
-        }
+        let mail = root.path().join("mail");
 
         // Room for the idle sessions plus everything else; the default (1000) would turn
         // the idle workload's sessions away.
@@ -476,6 +515,7 @@ impl Env {
             bin.display(),
         );
         let revision = pop3d_revision().unwrap_or_else(|| "(revision unknown)".into());
+        let (user, pass) = data_login(BENCH_USER);
         let mut env = Env {
             plain,
             tls_addr: Some(tls_addr),
@@ -484,55 +524,93 @@ impl Env {
                 args.tls_resume,
             )?),
             server_name: server_name(&args.server_name)?,
-            user: "bench".into(),
-            pass: "bench".into(),
-            server: Some(Proc::new(pid)),
-            expected: Some(expected),
-            fixture: Some(Fixture {
-                daemon,
-                root,
-                seed: args.seed,
+            user,
+            pass,
+            idle_login: data_login(IDLE_USER),
+            bigbox_login: Some(data_login(BIGBOX_USER)),
+            server: Some(ServerProcs::new(&[pid])),
+            expected: Some(Expectations {
+                by_uidl: expected,
+                by_digest: None,
             }),
-            label: format!("pop3d {revision} (self-contained: release build, keep mode, loopback)"),
+            fixture: Some(Fixture { daemon, root }),
+            label: args.label.clone().unwrap_or_else(|| {
+                format!("pop3d {revision} (self-contained: release build, keep mode, loopback)")
+            }),
             mailbox: Some((args.messages, octets)),
+            tls_negotiated: OnceLock::new(),
         };
         env.warm_up()?;
         Ok(env)
     }
 
-    /// A server someone else started: nothing is generated and nothing is stopped.
-    fn target(args: &Args, plain: SocketAddr) -> Result<Env, String> {
-        let (Some(user), Some(pass)) = (&args.user, &args.pass) else {
-            return Err("--target needs --user and --pass".into());
-        };
-        let tls = match (&args.ca, args.insecure) {
-            (Some(_), true) => return Err("--ca and --insecure exclude each other".into()),
-            (Some(ca), false) => Some(client_tls(Trust::File(ca), args.tls_resume)?),
-            (None, true) => Some(client_tls(Trust::Anything, args.tls_resume)?),
-            (None, false) => {
+    /// A server someone else started: nothing is generated and nothing is stopped. With
+    /// --data, the logins and certificate default to the data set's, and what RETR must send
+    /// is read from its files.
+    fn target(args: &Args, plain: SocketAddr, workloads: &[Workload]) -> Result<Env, String> {
+        let data = args.data.as_deref();
+        let (user, pass) = login_from("", &args.user, &args.pass, data, BENCH_USER)?
+            .ok_or("--target needs --user and --pass, or --data")?;
+        let idle_login = login_from("idle-", &args.idle_user, &args.idle_pass, data, IDLE_USER)?
+            .unwrap_or_else(|| (user.clone(), pass.clone()));
+        let bigbox_login = login_from(
+            "bigbox-",
+            &args.bigbox_user,
+            &args.bigbox_pass,
+            data,
+            BIGBOX_USER,
+        )?;
+        let data_cert = data.map(|d| d.join("cert.pem"));
+        let tls = match (&args.ca, args.insecure, &data_cert) {
+            (Some(_), true, _) => return Err("--ca and --insecure exclude each other".into()),
+            (Some(ca), false, _) => Some(client_tls(Trust::File(ca), args.tls_resume)?),
+            (None, true, _) => Some(client_tls(Trust::Anything, args.tls_resume)?),
+            (None, false, Some(cert)) => Some(client_tls(Trust::File(cert), args.tls_resume)?),
+            (None, false, None) => {
                 eprintln!(
                     "pop3bench: no --ca or --insecure: skipping the TLS transports (stls, tls)"
                 );
                 None
             }
         };
-        Ok(Env {
+        let expected = match data {
+            Some(dir) if workloads.contains(&Workload::Retr) => {
+                let maildir = dir.join("mail").join(&user).join("Maildir");
+                Some(read_expected(&maildir)?)
+            }
+            _ => None,
+        };
+        let mailbox = expected.as_ref().map(|e| {
+            let octets = e.by_uidl.values().map(|m| m.size).sum();
+            (e.by_uidl.len(), octets)
+        });
+        let label = args
+            .label
+            .clone()
+            .unwrap_or_else(|| format!("--target {plain} (user {user})"));
+        let mut env = Env {
             plain,
             tls_addr: args.tls_target,
             tls,
             server_name: server_name(&args.server_name)?,
-            user: user.clone(),
-            pass: pass.clone(),
-            server: args.server_pid.map(Proc::new),
-            expected: None,
+            user,
+            pass,
+            idle_login,
+            bigbox_login,
+            server: (!args.server_pid.is_empty()).then(|| ServerProcs::new(&args.server_pid)),
+            expected,
             fixture: None,
-            label: format!("--target {plain} (user {user})"),
-            mailbox: None,
-        })
+            label,
+            mailbox,
+            tls_negotiated: OnceLock::new(),
+        };
+        env.warm_up()?;
+        Ok(env)
     }
 
-    /// The first login reads every message once to learn its size (then cached); doing it
-    /// here keeps that one-off cost out of the sessions numbers (bigbox measures it).
+    /// The first login reads every message once to learn its size (then cached, by pop3d
+    /// and Dovecot alike); doing it here keeps that one-off cost out of the sessions numbers
+    /// (bigbox measures it).
     fn warm_up(&mut self) -> Result<(), String> {
         let started = Instant::now();
         let mut c = Client::connect(self, Transport::Plain, SMALL_BUF)?;
@@ -601,6 +679,22 @@ impl ServerCpu {
             return None;
         }
         Some(env.cpu_seconds()? - self.before?)
+    }
+}
+
+/// The login given by `--{prefix}user` and `--{prefix}pass`, or with --data the data set's
+/// `default` user; None when neither.
+fn login_from(
+    prefix: &str,
+    user: &Option<String>,
+    pass: &Option<String>,
+    data: Option<&Path>,
+    default: &str,
+) -> Result<Option<Login>, String> {
+    match (user, pass) {
+        (Some(user), Some(pass)) => Ok(Some((user.clone(), pass.clone()))),
+        (None, None) => Ok(data.map(|_| data_login(default))),
+        _ => Err(format!("--{prefix}user and --{prefix}pass go together")),
     }
 }
 
@@ -986,19 +1080,22 @@ impl std::fmt::Display for CpuUsage {
     }
 }
 
-/// The server process as /proc shows it: CPU time and memory.
+/// One process as /proc shows it: CPU time and memory.
 struct Proc {
     pid: u32,
     /// Clock ticks per second, the unit of /proc/PID/stat's times.
     ticks_per_second: f64,
 }
 
+/// Memory of the server's processes, summed.
 #[derive(Clone, Copy)]
 struct Memory {
+    /// Counts a page shared by several processes once in each: PSS is the fair sum.
     rss_kb: u64,
     /// Proportional set size: shared pages divided among their users. None without
-    /// smaps_rollup (old kernels).
+    /// smaps_rollup (old kernels, or processes we may not inspect).
     pss_kb: Option<u64>,
+    processes: usize,
 }
 
 impl Proc {
@@ -1009,15 +1106,35 @@ impl Proc {
         }
     }
 
-    /// utime + stime of all the process's threads, from /proc/PID/stat fields 14 and 15.
-    fn cpu_seconds(&self) -> Option<f64> {
+    /// Numeric fields of /proc/PID/stat, by their number in proc(5).
+    fn stat<const N: usize>(&self, numbers: [usize; N]) -> Option<[u64; N]> {
         let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
         // Field 2, the command name, is in parentheses and may hold spaces: count from
         // after it, where field 3 comes first.
         let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
-        let utime: u64 = fields.get(14 - 3)?.parse().ok()?;
-        let stime: u64 = fields.get(15 - 3)?.parse().ok()?;
+        let mut out = [0; N];
+        for (value, number) in out.iter_mut().zip(numbers) {
+            *value = fields.get(number.checked_sub(3)?)?.parse().ok()?;
+        }
+        Some(out)
+    }
+
+    /// utime + stime of all the process's threads, from /proc/PID/stat fields 14 and 15.
+    fn cpu_seconds(&self) -> Option<f64> {
+        let [utime, stime] = self.stat([14, 15])?;
         Some((utime + stime) as f64 / self.ticks_per_second)
+    }
+
+    /// cpu_seconds plus that of its ended children it has waited for (cutime + cstime,
+    /// fields 16 and 17), which in turn include their own ended children.
+    fn cpu_seconds_with_ended_children(&self) -> Option<f64> {
+        let [utime, stime, cutime, cstime] = self.stat([14, 15, 16, 17])?;
+        Some((utime + stime + cutime + cstime) as f64 / self.ticks_per_second)
+    }
+
+    fn parent(&self) -> Option<u32> {
+        let [ppid] = self.stat([4])?;
+        u32::try_from(ppid).ok()
     }
 
     fn memory(&self) -> Option<Memory> {
@@ -1032,7 +1149,87 @@ impl Proc {
         Some(Memory {
             rss_kb: field(&status, "VmRSS:")?,
             pss_kb: rollup.and_then(|r| field(&r, "Pss:")),
+            processes: 1,
         })
+    }
+}
+
+/// The server's processes: the given ones and all their descendants, found afresh at each
+/// reading, since a server like Dovecot starts and ends login, auth and mail processes as
+/// it goes. For pop3d, one process (its threads are inside it).
+struct ServerProcs {
+    roots: Vec<u32>,
+}
+
+/// Bound on the processes walked, against a runaway fork loop on the machine.
+const MAX_SERVER_PROCESSES: usize = 200_000;
+
+impl ServerProcs {
+    fn new(pids: &[u32]) -> ServerProcs {
+        ServerProcs {
+            roots: pids.to_vec(),
+        }
+    }
+
+    /// The roots and their live descendants, from the parent of every process in /proc.
+    fn pids(&self) -> Vec<u32> {
+        let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+        if let Ok(entries) = fs::read_dir("/proc") {
+            for entry in entries.flatten().take(MAX_SERVER_PROCESSES) {
+                let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                    continue;
+                };
+                if let Some(parent) = Proc::new(pid).parent() {
+                    children.entry(parent).or_default().push(pid);
+                }
+            }
+        }
+        let mut out = self.roots.clone();
+        let mut next = 0;
+        while next < out.len() && out.len() < MAX_SERVER_PROCESSES {
+            if let Some(kids) = children.get(&out[next]) {
+                out.extend(kids.iter().filter(|k| !self.roots.contains(k)));
+            }
+            next += 1;
+        }
+        out
+    }
+
+    /// CPU seconds of all the processes, with their ended children's: the work of a
+    /// process that ended moves into its parent's count when the parent waits for it, so
+    /// short-lived processes are not lost. None if a root process is gone.
+    fn cpu_seconds(&self) -> Option<f64> {
+        let mut total = 0.0;
+        for pid in self.pids() {
+            match Proc::new(pid).cpu_seconds_with_ended_children() {
+                Some(seconds) => total += seconds,
+                None if self.roots.contains(&pid) => return None,
+                // Ended since we listed it: its parent counts it now, or soon.
+                None => {}
+            }
+        }
+        Some(total)
+    }
+
+    /// Memory of all the processes, summed; None if a root process is gone.
+    fn memory(&self) -> Option<Memory> {
+        let mut total = Memory {
+            rss_kb: 0,
+            pss_kb: Some(0),
+            processes: 0,
+        };
+        for pid in self.pids() {
+            let Some(m) = Proc::new(pid).memory() else {
+                if self.roots.contains(&pid) {
+                    return None;
+                }
+                continue;
+            };
+            total.rss_kb += m.rss_kb;
+            total.pss_kb = total.pss_kb.zip(m.pss_kb).map(|(a, b)| a + b);
+            total.processes += 1;
+        }
+        Some(total)
     }
 }
 
@@ -1255,6 +1452,148 @@ fn generate_mailbox(
         all.extend(part?);
     }
     Ok(all)
+}
+
+/// Writes the data set into `root`: the users file (Dovecot's passwd-file format, `{PLAIN}`
+/// passwords, so that any server reads it), a self-signed certificate and key for localhost,
+/// and the benchmark mailbox; with `idle` and `bigbox`, those users' mailboxes too. Returns
+/// the certificate (PEM) and what RETR must send for each message of the benchmark mailbox.
+fn write_data_set(
+    root: &Path,
+    args: &Args,
+    idle: bool,
+    bigbox: bool,
+) -> Result<(String, HashMap<String, Expected>), String> {
+    let path = |name: &str| root.join(name);
+    let write = |name: &str, data: &[u8]| {
+        fs::write(path(name), data)
+            .map_err(|e| format!("cannot write {}: {e}", path(name).display()))
+    };
+    let users: String = [BENCH_USER, IDLE_USER, BIGBOX_USER]
+        .iter()
+        .map(|u| format!("{u}:{{PLAIN}}{u}::::::\n"))
+        .collect();
+    write("users", users.as_bytes())?;
+    let (cert_pem, key_pem) = pop3d::server::tls::self_signed(&["localhost", "127.0.0.1"])
+        .map_err(|e| format!("cannot make a certificate: {e}"))?;
+    write("cert.pem", cert_pem.as_bytes())?;
+    write("key.pem", key_pem.as_bytes())?;
+
+    let mail = root.join("mail");
+    let started = Instant::now();
+    let expected = generate_mailbox(
+        &mail.join(BENCH_USER).join("Maildir"),
+        args.messages,
+        args.seed,
+        Mix::Mixed,
+    )?;
+    let octets: u64 = expected.values().map(|e| e.size).sum();
+    eprintln!(
+        "pop3bench: generated {} messages ({:.1} MB with CRLF) in {} in {:.1} s",
+        args.messages,
+        octets as f64 / 1e6,
+        root.display(),
+        started.elapsed().as_secs_f64()
+    );
+    if idle {
+        generate_mailbox(
+            &mail.join(IDLE_USER).join("Maildir"),
+            IDLE_MAILBOX,
+            args.seed ^ 0x1d1e,
+            Mix::Small,
+        )?;
+    }
+    if bigbox {
+        generate_bigbox(&mail.join(BIGBOX_USER).join("Maildir"), args)?;
+    }
+    Ok((cert_pem, expected))
+}
+
+/// The bigbox workload's mailbox: --bigbox small messages.
+fn generate_bigbox(dir: &Path, args: &Args) -> Result<(), String> {
+    let started = Instant::now();
+    let generated = generate_mailbox(dir, args.bigbox, args.seed ^ 0xb16b0c, Mix::Small)?;
+    eprintln!(
+        "pop3bench: bigbox: generated {} messages ({:.1} MB) in {:.1} s",
+        generated.len(),
+        generated.values().map(|e| e.size).sum::<u64>() as f64 / 1e6,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// --generate-only: the whole data set in `dir` (which must be new or empty, so that no
+/// older mailbox mixes in), for servers that pop3bench does not start.
+fn generate_only(args: &Args, dir: &Path) -> Result<(), String> {
+    let started = Instant::now();
+    match fs::read_dir(dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(format!(
+                    "{} is not empty: --generate-only writes a new data set",
+                    dir.display()
+                ));
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?
+        }
+        Err(e) => return Err(format!("cannot read {}: {e}", dir.display())),
+    }
+    write_data_set(dir, args, true, true)?;
+    eprintln!(
+        "pop3bench: data set in {} after {:.1} s: users {BENCH_USER} ({} messages), \
+         {IDLE_USER} ({IDLE_MAILBOX}), {BIGBOX_USER} ({}), each with its name as {{PLAIN}} \
+         password; Maildirs mail/USER/Maildir; cert.pem, key.pem for localhost",
+        dir.display(),
+        started.elapsed().as_secs_f64(),
+        args.messages,
+        args.bigbox
+    );
+    Ok(())
+}
+
+/// What RETR must send for each message of a data set's Maildir that another server serves,
+/// read from the files as they are now (a server may have moved them to cur/ and added flags
+/// to their names), by unique name.
+fn read_expected(dir: &Path) -> Result<Expectations, String> {
+    let started = Instant::now();
+    let mut by_uidl = HashMap::new();
+    for sub in ["new", "cur"] {
+        let folder = dir.join(sub);
+        let entries =
+            fs::read_dir(&folder).map_err(|e| format!("cannot read {}: {e}", folder.display()))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| format!("cannot read {}: {e}", folder.display()))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str().filter(|n| !n.starts_with('.')) else {
+                continue;
+            };
+            let unique = name.split_once(':').map_or(name, |(unique, _)| unique);
+            let body = fs::read(entry.path())
+                .map_err(|e| format!("cannot read {}: {e}", entry.path().display()))?;
+            let wire = crlf(&body);
+            let expected = Expected {
+                size: wire.len() as u64,
+                sha256: Sha256::digest(&wire).into(),
+            };
+            by_uidl.insert(unique.to_owned(), expected);
+        }
+    }
+    if by_uidl.is_empty() {
+        return Err(format!("no messages in {}", dir.display()));
+    }
+    let by_digest = by_uidl.values().map(|e| (e.sha256, e.size)).collect();
+    eprintln!(
+        "pop3bench: read {} messages to check RETR against from {} in {:.1} s",
+        by_uidl.len(),
+        dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(Expectations {
+        by_uidl,
+        by_digest: Some(by_digest),
+    })
 }
 
 /// A message as RETR sends it: CRLF line ends, the last line completed (the same rule as
@@ -1634,7 +1973,23 @@ fn tls_handshake(env: &Env, tcp: TcpStream) -> Result<Stream, String> {
             .complete_io(&mut tls.sock)
             .map_err(|e| format!("TLS handshake: {e}"))?;
     }
+    env.tls_negotiated.get_or_init(|| negotiated(&tls.conn));
     Ok(Stream::Tls(Box::new(tls)))
+}
+
+/// What a handshake agreed on, e.g. "TLSv1_3 TLS13_AES_256_GCM_SHA384 X25519": servers
+/// compare fairly only over the same version, cipher and key exchange.
+fn negotiated(conn: &ClientConnection) -> String {
+    let version = conn
+        .protocol_version()
+        .map_or("?".into(), |v| format!("{v:?}"));
+    let suite = conn
+        .negotiated_cipher_suite()
+        .map_or("?".into(), |s| format!("{:?}", s.suite()));
+    let group = conn
+        .negotiated_key_exchange_group()
+        .map_or("?".into(), |g| format!("{:?}", g.name()));
+    format!("{version} {suite} {group}")
 }
 
 /// Counts errors and prints the first few, for workloads that go on after one.
@@ -1827,7 +2182,7 @@ fn bench_retr(env: &Env, args: &Args, report: &mut Report) -> Result<(), String>
         let median_msg = median(&msg_s);
         let cpu_per_mb = cpu.map(|c| c * 1e3 / total_mb.max(1e-9));
         let checked = if env.expected.is_some() {
-            "size + SHA-256 checked"
+            "size + SHA-256 checked against the files"
         } else {
             "sizes checked"
         };
@@ -1883,7 +2238,7 @@ fn retr_round(
         return Err("the mailbox is empty".into());
     }
     let expected: Option<Vec<Option<&Expected>>> = match &env.expected {
-        Some(map) => {
+        Some(expectations) => {
             let uids = c.listing("UIDL")?;
             if uids.len() != sizes.len() {
                 return Err(format!(
@@ -1892,10 +2247,11 @@ fn retr_round(
                     sizes.len()
                 ));
             }
-            Some(uids.iter().map(|u| map.get(u)).collect())
+            Some(uids.iter().map(|u| expectations.by_uidl.get(u)).collect())
         }
         None => None,
     };
+    let by_digest = env.expected.as_ref().and_then(|e| e.by_digest.as_ref());
 
     let started = Instant::now();
     let mut octets = 0u64;
@@ -1918,7 +2274,7 @@ fn retr_round(
             continue;
         }
         let want = expected.as_ref().map(|e| e[i]);
-        let mut hasher = want.flatten().map(|_| Sha256::new());
+        let mut hasher = want.map(|_| Sha256::new());
         let got = c.read_multiline(size.saturating_mul(2) + (1 << 20), |piece| {
             if let Some(h) = &mut hasher {
                 h.update(piece);
@@ -1929,7 +2285,22 @@ fn retr_round(
             errors.add(&format!("RETR {number}: {got} octets, LIST said {size}"));
         }
         match (want, hasher) {
-            (Some(None), _) => errors.add(&format!("message {number}: UIDL not generated here")),
+            (Some(None), Some(hasher)) => match by_digest {
+                // A server that numbers its messages: the content must be one of the files.
+                Some(by_digest) => {
+                    let digest: [u8; 32] = hasher.finalize().into();
+                    match by_digest.get(&digest) {
+                        Some(&file_size) if file_size == size => {}
+                        Some(&file_size) => errors.add(&format!(
+                            "LIST {number}: {size}, the file with CRLF has {file_size}"
+                        )),
+                        None => errors.add(&format!(
+                            "RETR {number}: content matches no message of the data set"
+                        )),
+                    }
+                }
+                None => errors.add(&format!("message {number}: UIDL not generated here")),
+            },
             (Some(Some(want)), Some(hasher)) => {
                 if want.size != size {
                     errors.add(&format!(
@@ -1982,10 +2353,7 @@ fn max(values: &[f64]) -> f64 {
 /// self-contained mode): memory freed by earlier sessions stays with the allocator and is
 /// reused, so a second run against the same --target process shows almost nothing.
 fn bench_idle(env: &Env, args: &Args, report: &mut Report) -> Result<(), String> {
-    let (user, pass) = match &env.fixture {
-        Some(_) => ("idle", "idle"),
-        None => (env.user.as_str(), env.pass.as_str()),
-    };
+    let (user, pass) = (env.idle_login.0.as_str(), env.idle_login.1.as_str());
     let errors = Errors::new("idle");
     let before = env.memory();
     let server_cpu = ServerCpu::start(env);
@@ -2066,6 +2434,15 @@ fn bench_idle(env: &Env, args: &Args, report: &mut Report) -> Result<(), String>
     if let Some(c) = cpu_per_login {
         metrics.push(("server_cpu_ms_per_login", c));
     }
+    // A server with a process per session (Dovecot) shows it here.
+    let processes = match (before, during) {
+        (Some(b), Some(d)) if d.processes > 1 => {
+            metrics.push(("server_processes_before", b.processes as f64));
+            metrics.push(("server_processes_during", d.processes as f64));
+            format!("; server processes {} before, {} during", b.processes, d.processes)
+        }
+        _ => String::new(),
+    };
     report.rows.push(Row {
         workload: "idle",
         transport: "plain".into(),
@@ -2076,7 +2453,7 @@ fn bench_idle(env: &Env, args: &Args, report: &mut Report) -> Result<(), String>
         },
         detail: format!(
             "{open} sessions ({}) opened in {open_seconds:.1} s; \
-             RSS MB before/during/after {}/{}/{}, PSS {}/{}/{}",
+             RSS MB before/during/after {}/{}/{}, PSS {}/{}/{}{processes}",
             if env.fixture.is_some() {
                 format!("user idle, {IDLE_MAILBOX} msgs")
             } else {
@@ -2116,26 +2493,16 @@ struct BigboxPass {
 /// Listing costs on a mailbox of --bigbox small messages: login+STAT cold (the first login
 /// reads every message for its size) and warm (sizes from the cache), full UIDL, full LIST.
 /// "Cold" is about pop3d's size cache; the files themselves are in the page cache, having
-/// just been written.
+/// just been written. Against a --target, "cold" is the first session on the mailbox since
+/// the server's caches were last removed (bench/vs-dovecot.sh removes them before each run).
 fn bench_bigbox(env: &Env, args: &Args, report: &mut Report) -> Result<(), String> {
-    let (user, pass) = match (&env.fixture, &args.bigbox_user, &args.bigbox_pass) {
-        (Some(fixture), _, _) => {
-            let started = Instant::now();
-            let dir = fixture.maildir("bigbox");
-            let generated =
-                generate_mailbox(&dir, args.bigbox, fixture.seed ^ 0xb16b0c, Mix::Small)?;
-            eprintln!(
-                "pop3bench: bigbox: generated {} messages ({:.1} MB) in {:.1} s",
-                generated.len(),
-                generated.values().map(|e| e.size).sum::<u64>() as f64 / 1e6,
-                started.elapsed().as_secs_f64()
-            );
-            ("bigbox", "bigbox")
-        }
-        (None, Some(user), Some(pass)) => (user.as_str(), pass.as_str()),
-        (None, _, _) => {
-            return Err("with --target, bigbox needs --bigbox-user and --bigbox-pass".into());
-        }
+    if let Some(fixture) = &env.fixture {
+        generate_bigbox(&fixture.maildir(BIGBOX_USER), args)?;
+    }
+    let Some((user, pass)) = &env.bigbox_login else {
+        return Err(
+            "with --target, bigbox needs --bigbox-user and --bigbox-pass, or --data".into(),
+        );
     };
     let server_cpu = ServerCpu::start(env);
     let cold = bigbox_pass(env, user, pass)?;
@@ -2373,6 +2740,8 @@ struct Report {
     rows: Vec<Row>,
     timings: Vec<(&'static str, f64, Option<CpuUsage>)>,
     server_log: Option<ServerLogSummary>,
+    /// What the TLS handshakes agreed on, if there were any.
+    tls: Option<String>,
 }
 
 impl Report {
@@ -2410,6 +2779,7 @@ impl Report {
             rows: Vec::new(),
             timings: Vec::new(),
             server_log: None,
+            tls: None,
         }
     }
 
@@ -2446,7 +2816,7 @@ impl Report {
         let _ = writeln!(
             out,
             "{mailbox}sessions: {} clients × {} s per transport; retr: {} rounds, batch {}; \
-             TLS {}; MB = 10^6 octets",
+             TLS {}{}; MB = 10^6 octets",
             self.setting("clients"),
             self.setting("seconds"),
             self.setting("rounds"),
@@ -2455,7 +2825,10 @@ impl Report {
                 "with session resumption"
             } else {
                 "full handshake per session"
-            }
+            },
+            self.tls
+                .as_ref()
+                .map_or(String::new(), |t| format!(" ({t})"))
         );
         let _ = writeln!(out);
         let _ = writeln!(
@@ -2517,6 +2890,7 @@ impl Report {
                 self.revision.clone().map_or(Json::Null, Json::Str),
             ),
             ("settings", Json::Obj(self.settings.clone())),
+            ("tls_negotiated", self.tls.clone().map_or(Json::Null, Json::Str)),
         ];
         let results = self
             .rows

@@ -88,10 +88,10 @@ pub fn read_sizes(path: &Path) -> io::Result<HashMap<String, u64>> {
 pub fn read_sizes_shared(path: &Path) -> io::Result<Arc<HashMap<String, u64>>> {
     /// Which version of the file was parsed: a rewrite (rename) changes the inode.
     type Stamp = (u64, u64, i64, i64);
+    type Sizes = Arc<HashMap<String, u64>>;
     /// Most Maildirs remembered; past it the memory is simply dropped and refilled.
     const MAX_SHARED: usize = 4096;
-    static SHARED: Mutex<Option<HashMap<PathBuf, (Stamp, Arc<HashMap<String, u64>>)>>> =
-        Mutex::new(None);
+    static SHARED: Mutex<Option<HashMap<PathBuf, (Stamp, Sizes)>>> = Mutex::new(None);
 
     let stamp = match fs::metadata(path) {
         Ok(m) => (m.ino(), m.len(), m.mtime(), m.mtime_nsec()),
