@@ -60,7 +60,7 @@ pub fn run(listen: SocketAddr, listen_tls: SocketAddr) -> Result<(), String> {
         metrics: None,
         hostname: "localhost".into(),
     };
-    crate::server::run(config, None, |plain, implicit| {
+    let served = crate::server::run(config, None, |plain, implicit| {
         let (addr, tls) = (plain[0], implicit[0]);
         println!(
             "pop3d demo: user \"demo\", password \"demo\" (keep mode), mail in {}",
@@ -83,8 +83,13 @@ pub fn run(listen: SocketAddr, listen_tls: SocketAddr) -> Result<(), String> {
             addr.ip(),
             addr.port()
         );
-        println!("Log in as demo+phone to see another device's view. Ctrl-C stops the demo.");
-    })
+        println!(
+            "Log in as demo+phone to see another device's view. Ctrl-C stops the demo and removes its folder."
+        );
+    });
+    // Ctrl-C (SIGINT) or SIGTERM ends the demo: its folder goes with it.
+    let _ = std::fs::remove_dir_all(&root);
+    served
 }
 
 /// Writes the users file and a self-signed certificate, and delivers the sample messages as an MDA does (tmp/, then new/).

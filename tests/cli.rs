@@ -76,8 +76,19 @@ fn the_demo_serves_its_sample_mailbox_to_curl() {
         parsed.get_body().unwrap().trim_end(),
         "Viele Grüße aus dem Maildir!"
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    // Ctrl-C stops the demo and takes its folder away.
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "demo did not stop on SIGINT"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(left.is_empty(), "demo left {left:?}");
 }
 
 #[test]
