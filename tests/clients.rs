@@ -7,12 +7,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Server, crlf, deliver, messages_on_disk, read_message};
+use common::{
+    Server, assert_bytes, crlf, deliver, messages_on_disk, pseudo_random_bytes, read_message,
+};
 
 /// Longest any client process may run before the test kills it and fails.
 const CLIENT_DEADLINE: Duration = Duration::from_secs(40);
@@ -45,79 +46,14 @@ impl Stored {
     }
 }
 
-/// Deterministic bytes for the attachment (a 64-bit LCG, top byte).
-fn attachment_bytes(len: usize) -> Vec<u8> {
-    let mut state: u64 = 0x1234_5678_9abc_def0;
-    (0..len)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (state >> 56) as u8
-        })
-        .collect()
-}
-
-/// Standard base64 with `=` padding, in 76-character lines ended by LF.
-fn base64_lines(data: &[u8]) -> Vec<u8> {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut encoded = Vec::with_capacity(data.len() * 4 / 3 + 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        encoded.push(ALPHABET[(n >> 18) as usize & 63]);
-        encoded.push(ALPHABET[(n >> 12) as usize & 63]);
-        encoded.push(if chunk.len() > 1 {
-            ALPHABET[(n >> 6) as usize & 63]
-        } else {
-            b'='
-        });
-        encoded.push(if chunk.len() > 2 {
-            ALPHABET[n as usize & 63]
-        } else {
-            b'='
-        });
-    }
-    let mut out = Vec::with_capacity(encoded.len() + encoded.len() / 76 + 1);
-    for line in encoded.chunks(76) {
-        out.extend_from_slice(line);
-        out.push(b'\n');
-    }
-    out
-}
-
 /// The attachment of the multipart message, before encoding: 768 KiB, 1 MiB in base64.
 const ATTACHMENT_LEN: usize = 768 * 1024;
 
+/// The seed of the attachment's pseudo-random bytes.
+const ATTACHMENT_SEED: u64 = 0x1234_5678_9abc_def0;
+
 fn multipart_message() -> Vec<u8> {
-    let mut m = b"From: Alice <alice@example.org>\n\
-To: Bob <bob@example.org>\n\
-Subject: multipart with a big attachment\n\
-Message-ID: <multipart@example.org>\n\
-MIME-Version: 1.0\n\
-Content-Type: multipart/mixed; boundary=\"=-=boundary=-=\"\n\
-\n\
-This is a multi-part message in MIME format.\n\
-\n\
---=-=boundary=-=\n\
-Content-Type: text/plain; charset=us-ascii\n\
-\n\
-The attachment follows.\n\
-.\n\
-\n\
---=-=boundary=-=\n\
-Content-Type: application/octet-stream; name=\"blob.bin\"\n\
-Content-Transfer-Encoding: base64\n\
-Content-Disposition: attachment; filename=\"blob.bin\"\n\
-\n"
-    .to_vec();
-    m.extend_from_slice(&base64_lines(&attachment_bytes(ATTACHMENT_LEN)));
-    m.extend_from_slice(b"\n--=-=boundary=-=--\n");
-    m
+    common::multipart_with_attachment(&pseudo_random_bytes(ATTACHMENT_LEN, ATTACHMENT_SEED))
 }
 
 /// The corpus, in delivery order: (label, bytes, placed in cur/ with `:2,F`).
@@ -275,69 +211,13 @@ fn total_size<'a>(messages: impl IntoIterator<Item = &'a Stored>) -> u64 {
     messages.into_iter().map(|m| m.wire().len() as u64).sum()
 }
 
-/// A byte-exact comparison that prints something readable when it fails.
-#[track_caller]
-fn assert_bytes(got: &[u8], want: &[u8], what: &str) {
-    if got != want {
-        let at = got
-            .iter()
-            .zip(want)
-            .position(|(a, b)| a != b)
-            .unwrap_or(got.len().min(want.len()));
-        let from = at.saturating_sub(40);
-        panic!(
-            "{what}: {} octets, expected {}; first difference at {at}:\n got  {:?}\n want {:?}",
-            got.len(),
-            want.len(),
-            String::from_utf8_lossy(&got[from..(at + 40).min(got.len())]),
-            String::from_utf8_lossy(&want[from..(at + 40).min(want.len())]),
-        );
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Running client processes, bounded
 // ---------------------------------------------------------------------------------------
 
 /// Runs a client to completion, killing it (and failing) after `CLIENT_DEADLINE`.
 fn run_bounded(cmd: &mut Command, what: &str) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("{what}: cannot run it ({e}); install it (see tests/clients.rs)")
-        });
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stdout.read_to_end(&mut v);
-        v
-    });
-    let err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stderr.read_to_end(&mut v);
-        v
-    });
-    let deadline = Instant::now() + CLIENT_DEADLINE;
-    let status = loop {
-        match child.try_wait().expect("wait for client") {
-            Some(status) => break status,
-            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{what}: still running after {CLIENT_DEADLINE:?}, killed");
-            }
-        }
-    };
-    Output {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
+    common::run_bounded(cmd, b"", CLIENT_DEADLINE, what)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -438,15 +318,10 @@ impl PopSession {
 }
 
 fn require_poplib() {
-    let out = Command::new("python3")
-        .args(["-c", "import poplib, sys; print(sys.version)"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("python3 is not installed ({e}): apt-get install -y python3"));
-    assert!(
-        out.status.success(),
-        "python3 cannot import poplib ({}): apt-get install -y python3",
-        String::from_utf8_lossy(&out.stderr)
+    common::require_program(
+        "python3",
+        &["-c", "import poplib, sys; print(sys.version)"],
+        "python3",
     );
 }
 
@@ -455,33 +330,22 @@ fn poplib_session(server: &Server, user: &str, pass: &str, dele: &[usize]) -> Po
     require_poplib();
     let outdir = tempfile::tempdir_in(server.root.path()).unwrap();
     let dele: Vec<String> = dele.iter().map(ToString::to_string).collect();
-    let output = run_bounded(
-        Command::new("python3").args([
-            "-c",
-            POPLIB_SCRIPT,
+    let output = common::python_script(
+        server,
+        POPLIB_SCRIPT,
+        &[
             &server.addr.ip().to_string(),
             &server.addr.port().to_string(),
             user,
             pass,
             outdir.path().to_str().unwrap(),
             &dele.join(","),
-        ]),
-        "python3 (poplib)",
+        ],
+        CLIENT_DEADLINE,
+        &format!("python3 poplib session of {user}"),
     );
-    assert!(
-        output.status.success(),
-        "poplib session of {user} failed: {}\nstdout: {}\nserver log:\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        String::from_utf8_lossy(&output.stdout),
-        server.log()
-    );
-    let mut lines = Vec::new();
-    for line in String::from_utf8(output.stdout).unwrap().lines() {
-        let (key, value) = line.split_once(' ').unwrap_or((line, ""));
-        lines.push((key.to_owned(), value.to_owned()));
-    }
     let mut s = PopSession {
-        lines,
+        lines: common::key_value_lines(&output.stdout),
         ..PopSession::default()
     };
     let pair = |v: &str| -> (usize, u64) {
@@ -771,7 +635,7 @@ fn poplib_multipart_attachment_decodes() {
     );
     let blob = parsed.subparts[1].get_body_raw().unwrap();
     assert!(
-        blob == attachment_bytes(ATTACHMENT_LEN),
+        blob == pseudo_random_bytes(ATTACHMENT_LEN, ATTACHMENT_SEED),
         "attachment differs after the round trip"
     );
 }

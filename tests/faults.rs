@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Client, Server, crlf, deliver, messages_on_disk, read_message};
+use common::{Client, Rng, Server, crlf, deliver, messages_on_disk, read_message};
 
 const USERS: &str = "alice:{PLAIN}secret::::::\n\
                      bob:{PLAIN}pw::::::mode=keep\n\
@@ -27,9 +27,7 @@ const USERS: &str = "alice:{PLAIN}secret::::::\n\
 // Randomness, bodies, the model
 // ---------------------------------------------------------------------------------------
 
-/// xorshift64: small, seeded, good enough to pick kill points and subsets.
-struct Rng(u64);
-
+/// common's xorshift64: small, seeded, good enough to pick kill points and subsets.
 impl Rng {
     /// A generator for one test: the run's seed (printed) mixed with the test's name.
     fn for_test(test: &str) -> Rng {
@@ -43,15 +41,6 @@ impl Rng {
             h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
         Rng(h | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
     }
 
     /// 0..n

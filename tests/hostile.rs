@@ -16,7 +16,6 @@ use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -24,31 +23,13 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use common::{Client, Server, crlf, deliver};
+use common::{Client, Rng, Server, TestCert, crlf, deliver, run_with_limit};
 
 const USERS: &str = "alice:{PLAIN}secret::::::\nbob:{PLAIN}pw::::::\n";
 
 // ---------------------------------------------------------------------------------------
 // Helpers: garbage, memory, the daemon's file descriptors, a client that measures
 // ---------------------------------------------------------------------------------------
-
-/// xorshift64, seeded: reproducible garbage.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| (self.next() >> 32) as u8).collect()
-    }
-}
 
 /// The daemon's resident memory in KiB.
 fn rss_kb(pid: u32) -> u64 {
@@ -559,77 +540,6 @@ fn a_thousand_idle_connections_cost_little_and_their_memory_is_reused() {
 // Garbage on the TLS port
 // ---------------------------------------------------------------------------------------
 
-/// Runs a program with `input`, killed (and failing the test) after `limit`.
-fn run_bounded(cmd: &mut Command, input: &[u8], limit: Duration) -> std::process::Output {
-    let program = cmd.get_program().to_string_lossy().into_owned();
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {program} ({e}): apt-get install -y openssl"));
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(input).unwrap();
-    drop(stdin);
-    let collect = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = pipe.read_to_end(&mut v);
-            v
-        })
-    };
-    let out = collect(Box::new(child.stdout.take().unwrap()));
-    let err = collect(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{program} still running after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    std::process::Output {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
-}
-
-/// A self-signed P-256 certificate for localhost with a PKCS#8 key, from the openssl CLI.
-fn make_cert(dir: &Path) -> (String, String) {
-    let cert = dir.join("cert.pem").to_str().unwrap().to_owned();
-    let key = dir.join("key.pem").to_str().unwrap().to_owned();
-    let out = run_bounded(
-        Command::new("openssl").args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &cert,
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ]),
-        b"",
-        Duration::from_secs(20),
-    );
-    assert!(out.status.success(), "openssl req: {out:?}");
-    (cert, key)
-}
-
 /// Sends `data` (write errors ignored: the daemon may close first), then waits for the
 /// daemon to close; how long that took from the connect.
 fn attack(addr: SocketAddr, data: &[u8], then_stall: bool) -> Duration {
@@ -663,13 +573,13 @@ fn attack(addr: SocketAddr, data: &[u8], then_stall: bool) -> Duration {
 #[test]
 fn garbage_on_the_tls_port_costs_bounded_memory_and_others_are_served() {
     let started = Instant::now();
-    let certs = tempfile::tempdir().unwrap();
-    let (cert, key) = make_cert(certs.path());
+    let certs = TestCert::new();
+    let (cert, key) = (certs.cert(), certs.key());
     let mut server = hostile_server(&[
         "--tls-cert",
-        &cert,
+        cert,
         "--tls-key",
-        &key,
+        key,
         "--listen-tls",
         "127.0.0.1:0",
         "--login-timeout",
@@ -715,20 +625,11 @@ fn garbage_on_the_tls_port_costs_bounded_memory_and_others_are_served() {
             .map(|(what, data, stall)| s.spawn(move || (*what, *stall, attack(tls, data, *stall))))
             .collect();
         // A real TLS client meanwhile.
-        let out = run_bounded(
-            Command::new("openssl").args([
-                "s_client",
-                "-quiet",
-                "-connect",
-                &tls.to_string(),
-                "-servername",
-                "localhost",
-                "-CAfile",
-                &cert,
-                "-verify_return_error",
-            ]),
+        let out = run_with_limit(
+            common::s_client_command(tls, cert).arg("-quiet"),
             b"USER alice\r\nPASS secret\r\nSTAT\r\nQUIT\r\n",
             Duration::from_secs(20),
+            "openssl",
         );
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(

@@ -26,13 +26,13 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    Server, TestCert, base64_lines, crlf, deliver, deliver_to_cur, first_difference, lf,
+    Server, TestCert, crlf, deliver, deliver_to_cur, files_in, first_difference, lf,
     messages_on_disk, pseudo_random_bytes, read_message, require_program, run_with_limit,
-    split_leading_fields,
+    split_leading_fields, text_of,
 };
 
 /// Longest any one client process may run before it is killed and its cell fails.
@@ -376,30 +376,7 @@ impl Msg {
 const ATTACHMENT_LEN: usize = 2 * 1024 * 1024;
 
 fn multipart() -> Vec<u8> {
-    let mut m = b"From: Alice <alice@example.org>\n\
-To: Bob <bob@example.org>\n\
-Subject: multipart with a big attachment\n\
-Message-ID: <multipart@example.org>\n\
-MIME-Version: 1.0\n\
-Content-Type: multipart/mixed; boundary=\"=-=boundary=-=\"\n\
-\n\
-This is a multi-part message in MIME format.\n\
-\n\
---=-=boundary=-=\n\
-Content-Type: text/plain; charset=us-ascii\n\
-\n\
-The attachment follows.\n\
-.\n\
-\n\
---=-=boundary=-=\n\
-Content-Type: application/octet-stream; name=\"blob.bin\"\n\
-Content-Transfer-Encoding: base64\n\
-Content-Disposition: attachment; filename=\"blob.bin\"\n\
-\n"
-    .to_vec();
-    m.extend_from_slice(&base64_lines(&pseudo_random_bytes(ATTACHMENT_LEN, 0x5eed)));
-    m.extend_from_slice(b"\n--=-=boundary=-=--\n");
-    m
+    common::multipart_with_attachment(&pseudo_random_bytes(ATTACHMENT_LEN, 0x5eed))
 }
 
 /// A line of `len` letters, starting with `first`.
@@ -981,29 +958,11 @@ fn set_mode(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-fn text_of(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// A Maildir's three folders under `dir`.
 fn make_maildir(dir: &Path) {
     for sub in ["new", "cur", "tmp"] {
         std::fs::create_dir_all(dir.join(sub)).unwrap();
     }
-}
-
-/// Every file in a folder, by name.
-fn files_in(dir: &Path) -> Vec<Vec<u8>> {
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    paths.sort();
-    paths.iter().map(|p| std::fs::read(p).unwrap()).collect()
 }
 
 /// The name of the user running the tests (fetchmail's local user).
@@ -1488,16 +1447,8 @@ impl SClient {
             Transport::Implicit => ctx.server.tls_addr.unwrap(),
             _ => ctx.server.addr,
         };
-        let mut cmd = Command::new("openssl");
-        cmd.args([
-            "s_client",
-            "-connect",
-            &addr.to_string(),
-            "-servername",
-            "localhost",
-        ])
-        .args(["-CAfile", ctx.cert.cert(), "-verify_hostname", "localhost"])
-        .args(["-verify_return_error", "-quiet"]);
+        let mut cmd = common::s_client_command(addr, ctx.cert.cert());
+        cmd.arg("-quiet");
         if ctx.transport == Transport::Stls {
             cmd.args(["-starttls", "pop3"]);
         }

@@ -314,38 +314,9 @@ fn wait_ready(daemon: &Daemon) {
     );
 }
 
-/// Runs the openssl CLI, which must be installed and succeed.
-#[track_caller]
-fn openssl(args: &[&str]) {
-    let (status, stdout, stderr) = run(Command::new("openssl").args(args));
-    assert!(
-        status.success(),
-        "openssl {args:?} failed (apt-get install -y openssl): {stdout}{stderr}"
-    );
-}
-
 /// A self-signed certificate for localhost with its PKCS#8 key: `DIR/NAME.crt`, `DIR/NAME.key`.
 fn make_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let cert = dir.join(format!("{name}.crt"));
-    let key = dir.join(format!("{name}.key"));
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        key.to_str().unwrap(),
-        "-out",
-        cert.to_str().unwrap(),
-        "-days",
-        "2",
-        "-subj",
-        "/CN=localhost",
-        "-addext",
-        "subjectAltName=DNS:localhost,IP:127.0.0.1",
-    ]);
-    (cert, key)
+    common::make_rsa_cert(dir, name, "localhost")
 }
 
 // ---------------------------------------------------------------------------------------

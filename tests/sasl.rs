@@ -8,15 +8,14 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use common::{BIN, Client, Server, crlf, deliver, messages_on_disk};
+use common::{BIN, Client, Server, assert_bytes, crlf, deliver, files_in, lf, messages_on_disk};
 
 /// Longest any client process may run before the test kills it and fails.
 const CLIENT_DEADLINE: Duration = Duration::from_secs(40);
@@ -34,77 +33,12 @@ fn b64(bytes: impl AsRef<[u8]>) -> String {
 /// Runs a process to completion with `input` on its standard input, killing it (and
 /// failing) after `CLIENT_DEADLINE`.
 fn run_bounded(cmd: &mut Command, input: &[u8], what: &str) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{what}: cannot run it ({e}); {}", install_hint(what)));
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let feeder = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stdout.read_to_end(&mut v);
-        v
-    });
-    let err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stderr.read_to_end(&mut v);
-        v
-    });
-    let deadline = Instant::now() + CLIENT_DEADLINE;
-    let status = loop {
-        match child.try_wait().expect("wait for the process") {
-            Some(status) => break status,
-            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{what}: still running after {CLIENT_DEADLINE:?}, killed");
-            }
-        }
-    };
-    let _ = feeder.join();
-    Output {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
-}
-
-fn install_hint(what: &str) -> String {
-    let package = what.split_whitespace().next().unwrap_or(what);
-    format!("install it: apt-get install -y {package}")
+    common::run_bounded(cmd, input, CLIENT_DEADLINE, what)
 }
 
 /// Fails with an install hint unless `program args` runs and succeeds.
 fn require(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "{program} is not installed ({e}): {}",
-                install_hint(program)
-            )
-        });
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed ({}): {}",
-        String::from_utf8_lossy(&out.stderr),
-        install_hint(program)
-    );
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    common::require_program(program, args, common::package_of(program))
 }
 
 /// `pop3d hash-password --scheme SCHEME` for `password`, as an administrator would run it.
@@ -178,17 +112,6 @@ impl Stored {
     }
 }
 
-/// CRLF line ends to LF.
-fn lf(wire: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(wire.len());
-    for (i, &b) in wire.iter().enumerate() {
-        if !(b == b'\r' && wire.get(i + 1) == Some(&b'\n')) {
-            out.push(b);
-        }
-    }
-    out
-}
-
 /// Delivers the corpus into `maildir`, in listing order.
 fn populate(maildir: &Path) -> Vec<Stored> {
     corpus()
@@ -205,26 +128,6 @@ fn total_octets(messages: &[Stored]) -> usize {
     messages.iter().map(|m| m.wire().len()).sum()
 }
 
-/// A byte-exact comparison that prints something readable when it fails.
-#[track_caller]
-fn assert_bytes(got: &[u8], want: &[u8], what: &str) {
-    if got != want {
-        let at = got
-            .iter()
-            .zip(want)
-            .position(|(a, b)| a != b)
-            .unwrap_or(got.len().min(want.len()));
-        let from = at.saturating_sub(40);
-        panic!(
-            "{what}: {} octets, expected {}; first difference at {at}:\n got  {:?}\n want {:?}",
-            got.len(),
-            want.len(),
-            String::from_utf8_lossy(&got[from..(at + 40).min(got.len())]),
-            String::from_utf8_lossy(&want[from..(at + 40).min(want.len())]),
-        );
-    }
-}
-
 /// Compares delivered messages with the expected ones, in any order.
 #[track_caller]
 fn assert_same_messages(mut got: Vec<Vec<u8>>, mut want: Vec<Vec<u8>>, what: &str) {
@@ -234,16 +137,6 @@ fn assert_same_messages(mut got: Vec<Vec<u8>>, mut want: Vec<Vec<u8>>, what: &st
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert_bytes(g, w, &format!("{what}, message {i}"));
     }
-}
-
-/// Every file in `dir`, sorted by name.
-fn files_in(dir: &Path) -> Vec<Vec<u8>> {
-    let mut paths: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    paths.sort();
-    paths.iter().map(|p| std::fs::read(p).unwrap()).collect()
 }
 
 /// Starts a daemon over the three users, alice's Maildir holding the corpus.
@@ -532,6 +425,11 @@ finish()
 struct Transcript(Vec<(String, String)>);
 
 impl Transcript {
+    /// One `key value` pair a line, as the scripts print them.
+    fn parse(stdout: Vec<u8>) -> Transcript {
+        Transcript(common::key_value_lines(&stdout))
+    }
+
     #[track_caller]
     fn get(&self, key: &str) -> &str {
         self.0
@@ -549,30 +447,18 @@ impl Transcript {
 fn sasl_client(server: &Server, args: &[&str]) -> Transcript {
     require("python3", &["-c", "import hashlib, hmac, base64, socket"]);
     let port = server.addr.port().to_string();
-    let out = run_bounded(
-        Command::new("python3")
-            .args(["-c", SASL_CLIENT, "127.0.0.1", &port])
-            .args(args),
-        b"",
-        "python3 (SASL client)",
+    let args: Vec<&str> = ["127.0.0.1", &port]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    let out = common::python_script(
+        server,
+        SASL_CLIENT,
+        &args,
+        CLIENT_DEADLINE,
+        "python3 SASL client",
     );
-    assert!(
-        out.status.success(),
-        "python3 SASL client {args:?} failed: {}\nstdout: {}\nserver log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout),
-        server.log()
-    );
-    Transcript(
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let (k, v) = l.split_once(' ').unwrap_or((l, ""));
-                (k.to_owned(), v.to_owned())
-            })
-            .collect(),
-    )
+    Transcript::parse(out.stdout)
 }
 
 #[test]
@@ -948,35 +834,14 @@ print("quit " + p.quit().decode())
 fn poplib_apop(server: &Server, user: &str, password: &str, outdir: &Path) -> Transcript {
     require("python3", &["-c", "import poplib"]);
     let port = server.addr.port().to_string();
-    let out = run_bounded(
-        Command::new("python3").args([
-            "-c",
-            POPLIB_APOP,
-            "127.0.0.1",
-            &port,
-            user,
-            password,
-            outdir.to_str().unwrap(),
-        ]),
-        b"",
-        "python3 (poplib)",
+    let out = common::python_script(
+        server,
+        POPLIB_APOP,
+        &["127.0.0.1", &port, user, password, outdir.to_str().unwrap()],
+        CLIENT_DEADLINE,
+        "python3 poplib APOP",
     );
-    assert!(
-        out.status.success(),
-        "poplib APOP failed: {}\nstdout: {}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    Transcript(
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let (k, v) = l.split_once(' ').unwrap_or((l, ""));
-                (k.to_owned(), v.to_owned())
-            })
-            .collect(),
-    )
+    Transcript::parse(out.stdout)
 }
 
 #[test]

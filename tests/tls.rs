@@ -23,7 +23,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{BIN, Client, Server, crlf, deliver, messages_on_disk};
+use common::{
+    BIN, Client, Server, assert_bytes, crlf, deliver, make_rsa_cert, messages_on_disk, package_of,
+    text_of,
+};
 
 /// Longest any client process may run before the test kills it and fails.
 const CLIENT_DEADLINE: Duration = Duration::from_secs(15);
@@ -36,14 +39,6 @@ const SHORT: &[u8] = b"Subject: x\n\nx\n";
 // ---------------------------------------------------------------------------------------
 // Client processes, bounded
 // ---------------------------------------------------------------------------------------
-
-/// What to `apt-get install` for a command.
-fn package_of(program: &str) -> &str {
-    match program {
-        "kill" => "procps",
-        other => other,
-    }
-}
 
 /// A client process whose standard input we write and whose output we collect as it comes.
 /// Killed when dropped.
@@ -166,46 +161,15 @@ impl Drop for Proc {
 
 /// Runs a client to completion with `input` on its standard input, bounded in time.
 fn run(cmd: &mut Command, input: &[u8], what: &str) -> Output {
-    let mut proc = Proc::spawn(cmd, what);
-    if !input.is_empty() {
-        proc.send(input);
-    }
-    proc.finish()
-}
-
-/// Standard output and standard error together, as text.
-fn text_of(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    common::run_bounded(cmd, input, CLIENT_DEADLINE, what)
 }
 
 fn require_openssl() {
-    let out = run(
-        Command::new("openssl").arg("version"),
-        b"",
-        "openssl version",
-    );
-    assert!(
-        out.status.success(),
-        "openssl does not work ({}): apt-get install -y openssl",
-        text_of(&out)
-    );
+    common::require_program("openssl", &["version"], "openssl");
 }
 
 fn require_python() {
-    let out = run(
-        Command::new("python3").args(["-c", "import poplib, socket, ssl"]),
-        b"",
-        "python3",
-    );
-    assert!(
-        out.status.success(),
-        "python3 cannot import poplib and ssl ({}): apt-get install -y python3",
-        text_of(&out)
-    );
+    common::require_program("python3", &["-c", "import poplib, socket, ssl"], "python3");
 }
 
 fn require_curl() {
@@ -239,33 +203,6 @@ fn openssl(args: &[&str]) {
     );
 }
 
-/// Makes a self-signed RSA certificate for `cn` (valid for localhost and 127.0.0.1) with a
-/// PKCS#8 key, as `DIR/NAME.crt` and `DIR/NAME.key`.
-fn make_cert(dir: &Path, name: &str, cn: &str) -> (PathBuf, PathBuf) {
-    let cert = dir.join(format!("{name}.crt"));
-    let key = dir.join(format!("{name}.key"));
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        key.to_str().unwrap(),
-        "-out",
-        cert.to_str().unwrap(),
-        "-days",
-        "2",
-        "-subj",
-        &format!("/CN={cn}"),
-        "-addext",
-        "subjectAltName=DNS:localhost,IP:127.0.0.1",
-    ]);
-    let pem = std::fs::read_to_string(&key).unwrap();
-    assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"), "PKCS#8");
-    (cert, key)
-}
-
 /// A certificate and its key in a folder of their own, removed with it.
 struct Cert {
     dir: tempfile::TempDir,
@@ -276,7 +213,7 @@ struct Cert {
 impl Cert {
     fn new(cn: &str) -> Cert {
         let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = make_cert(dir.path(), "server", cn);
+        let (cert, key) = make_rsa_cert(dir.path(), "server", cn);
         Cert { dir, cert, key }
     }
 
@@ -373,26 +310,6 @@ fn all_but<'a>(stored: &'a [Stored], gone: &[usize]) -> Vec<&'a Stored> {
         .filter(|(i, _)| !gone.contains(&(i + 1)))
         .map(|(_, m)| m)
         .collect()
-}
-
-/// A byte-exact comparison that prints something readable when it fails.
-#[track_caller]
-fn assert_bytes(got: &[u8], want: &[u8], what: &str) {
-    if got != want {
-        let at = got
-            .iter()
-            .zip(want)
-            .position(|(a, b)| a != b)
-            .unwrap_or(got.len().min(want.len()));
-        let from = at.saturating_sub(40);
-        panic!(
-            "{what}: {} octets, expected {}; first difference at {at}:\n got  {:?}\n want {:?}",
-            got.len(),
-            want.len(),
-            String::from_utf8_lossy(&got[from..(at + 40).min(got.len())]),
-            String::from_utf8_lossy(&want[from..(at + 40).min(want.len())]),
-        );
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -645,13 +562,8 @@ fn parse_session(raw: &[u8], n: usize, dele: &[usize], greeting: bool, probe_stl
 /// (see `quit_over_tls_ends_with_close_notify`), which OpenSSL 3 reports as an error.
 fn s_client(addr: SocketAddr, cafile: &str, extra: &[&str], input: &[u8]) -> Output {
     require_openssl();
-    let connect = addr.to_string();
     run(
-        Command::new("openssl")
-            .args(["s_client", "-connect", &connect, "-servername", "localhost"])
-            .args(["-CAfile", cafile, "-verify_hostname", "localhost"])
-            .arg("-verify_return_error")
-            .args(extra),
+        common::s_client_command(addr, cafile).args(extra),
         input,
         "openssl s_client",
     )
@@ -802,10 +714,10 @@ fn poplib_session(server: &Server, cert: &Cert, how: &str, dele: &[usize]) -> Po
     };
     let outdir = tempfile::tempdir_in(server.root.path()).unwrap();
     let dele: Vec<String> = dele.iter().map(ToString::to_string).collect();
-    let out = run(
-        Command::new("python3").args([
-            "-c",
-            POPLIB_SCRIPT,
+    let out = common::python_script(
+        server,
+        POPLIB_SCRIPT,
+        &[
             how,
             "127.0.0.1",
             &port.to_string(),
@@ -814,15 +726,9 @@ fn poplib_session(server: &Server, cert: &Cert, how: &str, dele: &[usize]) -> Po
             "secret",
             outdir.path().to_str().unwrap(),
             &dele.join(","),
-        ]),
-        b"",
-        "python3 poplib",
-    );
-    assert!(
-        out.status.success(),
-        "poplib ({how}) failed: {}\nserver log:\n{}",
-        text_of(&out),
-        server.log()
+        ],
+        CLIENT_DEADLINE,
+        &format!("python3 poplib ({how})"),
     );
     let stdout = String::from_utf8(out.stdout).unwrap();
     let all = |key: &str| -> Vec<String> {
@@ -1162,21 +1068,12 @@ fn stls_injection_plaintext_after_stls_is_discarded() {
     require_python();
     let (server, cert) = tls_server(USERS, false, &[]);
     deliver(&server.maildir("alice"), 1, SHORT);
-    let out = run(
-        Command::new("python3").args([
-            "-c",
-            INJECTION_SCRIPT,
-            &server.addr.port().to_string(),
-            cert.cert(),
-        ]),
-        b"",
+    let out = common::python_script(
+        &server,
+        INJECTION_SCRIPT,
+        &[&server.addr.port().to_string(), cert.cert()],
+        CLIENT_DEADLINE,
         "python3 STLS injection",
-    );
-    assert!(
-        out.status.success(),
-        "injection script failed: {}\nserver log:\n{}",
-        text_of(&out),
-        server.log()
     );
     let stdout = String::from_utf8(out.stdout).unwrap();
     let get = |case: &str, key: &str| -> String {
@@ -1489,18 +1386,17 @@ finish("stls", tls)
 fn quit_over_tls_ends_with_close_notify() {
     require_python();
     let (server, cert) = tls_server(USERS, true, &[]);
-    let out = run(
-        Command::new("python3").args([
-            "-c",
-            CLOSE_NOTIFY_SCRIPT,
+    let out = common::python_script(
+        &server,
+        CLOSE_NOTIFY_SCRIPT,
+        &[
             &server.addr.port().to_string(),
             &server.tls_addr.unwrap().port().to_string(),
             cert.cert(),
-        ]),
-        b"",
+        ],
+        CLIENT_DEADLINE,
         "python3 close_notify",
     );
-    assert!(out.status.success(), "{}", text_of(&out));
     let stdout = String::from_utf8(out.stdout).unwrap();
     for how in ["implicit", "stls"] {
         let line = stdout
@@ -1571,7 +1467,7 @@ fn install(from_cert: &Path, from_key: &Path, live: &Cert) {
 #[test]
 fn sighup_reloads_the_certificate_and_keeps_sessions() {
     let live = Cert::new("pop3d-a");
-    let (b_cert, b_key) = make_cert(live.dir.path(), "b", "pop3d-b");
+    let (b_cert, b_key) = make_rsa_cert(live.dir.path(), "b", "pop3d-b");
     let server = Server::start(
         USERS,
         &[
@@ -1654,7 +1550,7 @@ fn sighup_reloads_the_certificate_and_keeps_sessions() {
 #[test]
 fn sighup_with_a_key_that_does_not_match_keeps_the_old_certificate() {
     let live = Cert::new("pop3d-a");
-    let (b_cert, _b_key) = make_cert(live.dir.path(), "b", "pop3d-b");
+    let (b_cert, _b_key) = make_rsa_cert(live.dir.path(), "b", "pop3d-b");
     let server = Server::start(
         USERS,
         &[
@@ -1777,7 +1673,7 @@ fn ec_sec1_and_rsa_pkcs1_keys() {
         "subjectAltName=DNS:localhost,IP:127.0.0.1",
     ]);
     // An RSA key in PKCS#1 form ("BEGIN RSA PRIVATE KEY") for an RSA certificate.
-    let (rsa_cert, rsa_pkcs8) = make_cert(dir.path(), "rsa", "localhost");
+    let (rsa_cert, rsa_pkcs8) = make_rsa_cert(dir.path(), "rsa", "localhost");
     let rsa_key = path("rsa-pkcs1.key");
     openssl(&[
         "rsa",
@@ -1924,7 +1820,7 @@ fn startup_errors_are_clear_and_exit_non_zero() {
 #[test]
 fn startup_refuses_a_key_that_does_not_match_the_certificate() {
     let cert = Cert::new("localhost");
-    let (_, other_key) = make_cert(cert.dir.path(), "other", "other");
+    let (_, other_key) = make_rsa_cert(cert.dir.path(), "other", "other");
     let users = cert.dir.path().join("users");
     std::fs::write(&users, USERS).unwrap();
     let other_key = other_key.to_str().unwrap();

@@ -246,8 +246,13 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
     async fn run(&mut self) -> End {
         let mut reader = LineReader::new();
         loop {
-            reader.set_limit(self.session.line_limit());
-            while let Some(line) = reader.next_line() {
+            loop {
+                // Per line: AUTH and its answer, or the answer and the next command, may
+                // arrive in one read, and each has its own limit.
+                reader.set_limit(self.session.line_limit());
+                let Some(line) = reader.next_line() else {
+                    break;
+                };
                 let effect = match line {
                     Line::Command(line) => self.session.command(line, &mut self.out),
                     Line::TooLong => self.session.line_too_long(&mut self.out),

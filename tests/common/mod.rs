@@ -403,12 +403,48 @@ pub fn run_with_limit(
     package: &str,
 ) -> std::process::Output {
     let program = cmd.get_program().to_string_lossy().into_owned();
+    run_bounded_as(cmd, input, limit, &program, package)
+}
+
+/// Runs `cmd` to completion with `input` on its standard input, killing it (and failing,
+/// naming `what`) once it has run for `limit`. A program that cannot be started fails with
+/// an `apt-get install` of the package of the same name.
+pub fn run_bounded(
+    cmd: &mut Command,
+    input: &[u8],
+    limit: Duration,
+    what: &str,
+) -> std::process::Output {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let package = package_of(&program).to_owned();
+    run_bounded_as(cmd, input, limit, what, &package)
+}
+
+/// What to `apt-get install` for a program.
+pub fn package_of(program: &str) -> &str {
+    match program.rsplit('/').next().unwrap_or(program) {
+        "kill" => "procps",
+        name => name,
+    }
+}
+
+/// [`run_bounded`] with the package to install named explicitly.
+pub fn run_bounded_as(
+    cmd: &mut Command,
+    input: &[u8],
+    limit: Duration,
+    what: &str,
+    package: &str,
+) -> std::process::Output {
+    let program = cmd.get_program().to_string_lossy().into_owned();
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {program} ({e}): apt-get install -y {package}"));
+        .unwrap_or_else(|e| {
+            panic!("{what}: cannot run {program} ({e}): apt-get install -y {package}")
+        });
     let mut stdin = child.stdin.take().unwrap();
     let input = input.to_vec();
     // Writing and reading on threads of their own: a client that talks a lot before it
@@ -433,7 +469,7 @@ pub fn run_with_limit(
             None => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("{program} still running after {limit:?}: killed");
+                panic!("{what}: {program} still running after {limit:?}: killed");
             }
         }
     };
@@ -442,6 +478,26 @@ pub fn run_with_limit(
         status,
         stdout: out.join().unwrap(),
         stderr: err.join().unwrap(),
+    }
+}
+
+/// A byte-exact comparison that prints something readable when it fails.
+#[track_caller]
+pub fn assert_bytes(got: &[u8], want: &[u8], what: &str) {
+    if got != want {
+        let at = got
+            .iter()
+            .zip(want)
+            .position(|(a, b)| a != b)
+            .unwrap_or(got.len().min(want.len()));
+        let from = at.saturating_sub(40);
+        panic!(
+            "{what}: {} octets, expected {}; first difference at {at}:\n got  {:?}\n want {:?}",
+            got.len(),
+            want.len(),
+            String::from_utf8_lossy(&got[from..(at + 40).min(got.len())]),
+            String::from_utf8_lossy(&want[from..(at + 40).min(want.len())]),
+        );
     }
 }
 
@@ -454,11 +510,7 @@ pub fn require_program(program: &str, args: &[&str], package: &str) -> String {
         Duration::from_secs(60),
         package,
     );
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = text_of(&out);
     assert!(
         out.status.success(),
         "{program} {args:?} failed ({}): {text}\napt-get install -y {package}",
@@ -545,6 +597,160 @@ impl TestCert {
     pub fn key(&self) -> &str {
         self.key.to_str().unwrap()
     }
+}
+
+/// Makes a self-signed RSA certificate for `cn` (valid for localhost and 127.0.0.1) with a
+/// PKCS#8 key, as `DIR/NAME.crt` and `DIR/NAME.key`, with the openssl CLI.
+#[track_caller]
+pub fn make_rsa_cert(dir: &Path, name: &str, cn: &str) -> (PathBuf, PathBuf) {
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    require_program(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        "openssl",
+    );
+    let pem = std::fs::read_to_string(&key).unwrap();
+    assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"), "PKCS#8");
+    (cert, key)
+}
+
+/// xorshift64, seeded: reproducible choices and garbage.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// `n` bytes, each from the high half of a step.
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| (self.next() >> 32) as u8).collect()
+    }
+}
+
+/// A multipart/mixed message with a text part and a base64 attachment of `attachment`
+/// (in lines of 76 characters), LF line ends.
+pub fn multipart_with_attachment(attachment: &[u8]) -> Vec<u8> {
+    let mut m = b"From: Alice <alice@example.org>\n\
+To: Bob <bob@example.org>\n\
+Subject: multipart with a big attachment\n\
+Message-ID: <multipart@example.org>\n\
+MIME-Version: 1.0\n\
+Content-Type: multipart/mixed; boundary=\"=-=boundary=-=\"\n\
+\n\
+This is a multi-part message in MIME format.\n\
+\n\
+--=-=boundary=-=\n\
+Content-Type: text/plain; charset=us-ascii\n\
+\n\
+The attachment follows.\n\
+.\n\
+\n\
+--=-=boundary=-=\n\
+Content-Type: application/octet-stream; name=\"blob.bin\"\n\
+Content-Transfer-Encoding: base64\n\
+Content-Disposition: attachment; filename=\"blob.bin\"\n\
+\n"
+    .to_vec();
+    m.extend_from_slice(&base64_lines(attachment));
+    m.extend_from_slice(b"\n--=-=boundary=-=--\n");
+    m
+}
+
+/// Standard output and standard error together, as text.
+pub fn text_of(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The contents of the files in `dir`, in the order of their names.
+pub fn files_in(dir: &Path) -> Vec<Vec<u8>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    paths.sort();
+    paths.iter().map(|p| std::fs::read(p).unwrap()).collect()
+}
+
+/// `openssl s_client` to `addr` for the name localhost, verifying the certificate against
+/// `cafile` (a failed verification ends the connection). Add options, then run it.
+pub fn s_client_command(addr: SocketAddr, cafile: &str) -> Command {
+    let mut cmd = Command::new("openssl");
+    cmd.args([
+        "s_client",
+        "-connect",
+        &addr.to_string(),
+        "-servername",
+        "localhost",
+    ])
+    .args(["-CAfile", cafile, "-verify_hostname", "localhost"])
+    .arg("-verify_return_error");
+    cmd
+}
+
+/// Runs `python3 -c SCRIPT ARGS...` against `server`, bounded by `limit`, and fails unless
+/// it succeeds, showing what it printed and the daemon's log.
+#[track_caller]
+pub fn python_script(
+    server: &Server,
+    script: &str,
+    args: &[&str],
+    limit: Duration,
+    what: &str,
+) -> std::process::Output {
+    let out = run_bounded(
+        Command::new("python3").arg("-c").arg(script).args(args),
+        b"",
+        limit,
+        what,
+    );
+    assert!(
+        out.status.success(),
+        "{what} {args:?} failed ({}): {}\nstdout: {}\nserver log:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout),
+        server.log()
+    );
+    out
+}
+
+/// `key value` lines (as the python scripts print them) split at the first space.
+pub fn key_value_lines(stdout: &[u8]) -> Vec<(String, String)> {
+    std::str::from_utf8(stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (k, v) = l.split_once(' ').unwrap_or((l, ""));
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
 }
 
 /// Deterministic pseudo-random bytes (a 64-bit LCG, top byte of each step).
