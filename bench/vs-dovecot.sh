@@ -246,7 +246,7 @@ fi
 if ((dovecot_idle > nofile - 200)); then dovecot_idle=$((nofile - 200)); fi
 
 read -r eph_low eph_high </proc/sys/net/ipv4/ip_local_port_range
-# Four free loopback ports below the ephemeral range, so that no client connection can hold
+# Four free loopback ports outside the ephemeral range, so that no client connection can hold
 # one: pop3d plain and TLS, Dovecot plain and TLS.
 mapfile -t ports < <(python3 - "$eph_low" "$eph_high" <<'EOF'
 import random, socket, sys
