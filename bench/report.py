@@ -331,7 +331,7 @@ def markdown(args, runs, rows, settings, dovecot_config):
     targets = [r for r in rows if r["met"] is not None]
     met = [r for r in targets if r["met"]]
     w(f"Targets met: {len(met)} of {len(targets)}"
-      + (f"; not met: {', '.join(r['label'] for r in targets if not r['met'])}." if len(met) < len(targets) else ".")
+      + (f"; not met: {'; '.join(r['label'] for r in targets if not r['met'])}." if len(met) < len(targets) else ".")
       + "\n")
 
     # How much else ran on the machine meanwhile.
@@ -402,7 +402,10 @@ def svg(args, runs, rows, settings):
         panel_rows = [r for r in panel_rows if r["ratio"] is not None]
         if not panel_rows:
             continue
-        scale_max = max([1.0] + [r["ratio"] for r in panel_rows])
+        # Room for every bar and every target mark.
+        scale_max = max(
+            [1.0] + [r["ratio"] for r in panel_rows] + [r["target"][0] for r in panel_rows if r["target"]]
+        )
         scale_max = nice_ceiling(scale_max)
         unit_px = bar_w / scale_max
         parts.append(text(14, y + 4, title, size=15, weight="bold"))

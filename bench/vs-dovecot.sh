@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # pop3d against Dovecot 2.3: the same data, the same load generator, the same machine.
 #
-#   sudo bench/vs-dovecot.sh [--repeats 3] [--seconds 5] [--idle 10000] ...   (--help for all)
+#   sudo bench/vs-dovecot.sh [--repeats 5] [--seconds 5] [--idle 10000] ...   (--help for all)
 #
 # 1. Installs Dovecot's POP3 server with apt-get if it is missing, without letting the package
 #    start the system Dovecot, and makes sure no system Dovecot runs on 110/995.
@@ -31,7 +31,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ORIGINAL_ARGS=("$@")
 
-repeats=3
+repeats=5
 seconds=5
 clients=16
 rounds=3
@@ -165,7 +165,9 @@ fi
 log "building pop3d and pop3bench (release)"
 (cd "$REPO" && cargo build --release -q && cargo build --release -q --example pop3bench)
 revision=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [[ -n $(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null) ]]; then
+# Marked when what is built and measured differs from the commit.
+if [[ -n $(git -C "$REPO" status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock \
+    examples/pop3bench.rs 2>/dev/null) ]]; then
     revision="$revision+changes"
 fi
 
