@@ -669,3 +669,80 @@ fn a_client_may_log_in_again_as_soon_as_quit_is_answered() {
         }
     }
 }
+
+/// Sets new/ and cur/ back in time, as if nothing had changed there for a while: the server
+/// then keeps the listing it reads in memory, and the steps below check that every kind of
+/// change by another program is seen anyway.
+fn settle(maildir: &std::path::Path) {
+    for sub in ["new", "cur"] {
+        let folder = std::fs::File::open(maildir.join(sub)).unwrap();
+        folder
+            .set_modified(std::time::SystemTime::now() - Duration::from_secs(10))
+            .unwrap();
+    }
+}
+
+fn uidls(c: &mut common::Client) -> Vec<String> {
+    c.ok("UIDL");
+    c.multiline()
+        .iter()
+        .map(|l| l.split_once(' ').unwrap().1.to_owned())
+        .collect()
+}
+
+#[test]
+fn a_listing_kept_between_sessions_sees_every_change_made_by_others() {
+    let server = Server::start(USERS, &[]);
+    let maildir = server.maildir("bob");
+    let names = fill(&server, "bob", 3);
+    let session = |expected: &[&String]| {
+        let mut c = server.login("bob", "pw");
+        assert_eq!(
+            uidls(&mut c),
+            expected.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+        );
+        c
+    };
+    let quit = |mut c: common::Client| {
+        c.ok("QUIT");
+        c.read_to_end();
+    };
+    settle(&maildir);
+    // Twice: the second login is served from the kept listing.
+    quit(session(&[&names[0], &names[1], &names[2]]));
+    quit(session(&[&names[0], &names[1], &names[2]]));
+
+    // A delivery.
+    let late = deliver(&maildir, 1_700_000_100, b"Subject: late\n\nlate\n");
+    quit(session(&[&names[0], &names[1], &names[2], &late]));
+
+    // An IMAP server flags a message (new/ to cur/ with flags): same UIDL, still readable.
+    settle(&maildir);
+    quit(session(&[&names[0], &names[1], &names[2], &late]));
+    std::fs::rename(
+        maildir.join("new").join(&names[1]),
+        maildir.join("cur").join(format!("{}:2,F", names[1])),
+    )
+    .unwrap();
+    let mut c = session(&[&names[0], &names[1], &names[2], &late]);
+    assert_eq!(c.fetch("RETR 2"), crlf(&sample(1)));
+    quit(c);
+
+    // Another client deletes one.
+    settle(&maildir);
+    quit(session(&[&names[0], &names[1], &names[2], &late]));
+    std::fs::remove_file(maildir.join("new").join(&names[0])).unwrap();
+    quit(session(&[&names[1], &names[2], &late]));
+
+    // This login hides one in keep mode: the kept listing is filtered, not reused as is.
+    settle(&maildir);
+    let mut c = session(&[&names[1], &names[2], &late]);
+    c.ok("DELE 2");
+    quit(c);
+    settle(&maildir);
+    quit(session(&[&names[1], &late]));
+    quit(session(&[&names[1], &late]));
+    let mut laptop = server.login("bob+laptop", "pw");
+    assert_eq!(uidls(&mut laptop).len(), 3, "other devices still see it");
+    quit(laptop);
+}

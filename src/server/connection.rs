@@ -94,7 +94,7 @@ impl FileChunk {
 /// What a successful login hands to the connection.
 struct LoggedIn {
     mailbox: Mailbox,
-    messages: Vec<Message>,
+    messages: Arc<[Message]>,
     mode: Mode,
     login: String,
     slot: Slot<(String, IpAddr)>,

@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use crate::auth::sasl::{self, Exchange, Mechanism, Outcome, Seed, Step};
 use crate::protocol::command::{self, Command, MsgNum};
@@ -181,7 +182,8 @@ pub struct Stats {
 /// The messages of a logged-in session and what it marked.
 #[derive(Debug)]
 struct Maildrop {
-    messages: Vec<Message>,
+    /// Shared with the store's listing cache: a login to a big mailbox copies nothing.
+    messages: Arc<[Message]>,
     deleted: Vec<bool>,
     live_count: usize,
     live_octets: u64,
@@ -231,7 +233,7 @@ impl fmt::Display for BadMessage {
 }
 
 impl Maildrop {
-    fn new(messages: Vec<Message>, mode: Mode) -> Self {
+    fn new(messages: Arc<[Message]>, mode: Mode) -> Self {
         let live_octets = messages.iter().map(|m| m.size).sum();
         Maildrop {
             deleted: vec![false; messages.len()],
@@ -503,7 +505,7 @@ impl Session {
     }
 
     /// The credentials were good and the maildrop is open: enter TRANSACTION.
-    pub fn logged_in(&mut self, messages: Vec<Message>, mode: Mode, out: &mut Vec<u8>) {
+    pub fn logged_in(&mut self, messages: Arc<[Message]>, mode: Mode, out: &mut Vec<u8>) {
         let drop = Maildrop::new(messages, mode);
         response::ok(
             out,

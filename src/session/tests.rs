@@ -83,7 +83,7 @@ fn with_apop() -> Settings {
 }
 
 /// Messages of these sizes, with UIDs `uid-1`, `uid-2`, ...
-fn messages(sizes: &[u64]) -> Vec<Message> {
+fn messages(sizes: &[u64]) -> Arc<[Message]> {
     sizes
         .iter()
         .enumerate()
@@ -853,7 +853,7 @@ fn logged_in_reports_count_octets_and_mode() {
 #[test]
 fn logged_in_to_an_empty_maildrop() {
     let mut session = authenticating(Settings::default());
-    let ((), out) = capture(|out| session.logged_in(Vec::new(), Mode::Delete, out));
+    let ((), out) = capture(|out| session.logged_in(Arc::default(), Mode::Delete, out));
     assert_eq!(out, "+OK Logged in, 0 messages (0 octets), delete mode\r\n");
     assert_eq!(reply(&mut session, "STAT"), "+OK 0 0\r\n");
     assert_eq!(

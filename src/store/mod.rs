@@ -4,6 +4,8 @@
 //! the paths it listed and only looks a message up again when another client (an IMAP server
 //! changing flags, say) has renamed it.
 
+mod listing;
+mod lock;
 mod names;
 mod state;
 pub mod template;
@@ -14,6 +16,10 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use listing::{Listing, Stamp};
+use lock::{LockError, SessionLock};
 
 use crate::protocol::body::WireSize;
 use crate::session::{Message, Mode, UpdateReport};
@@ -44,7 +50,7 @@ pub enum MessageError {
 }
 
 /// Where a listed message lives now.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Entry {
     in_new: bool,
     name: String,
@@ -63,9 +69,9 @@ pub struct Mailbox {
     dir: PathBuf,
     mode: Mode,
     device: Option<String>,
-    entries: Vec<Entry>,
-    /// Released when the session ends, or when the process dies: a crash never locks out.
-    _lock: File,
+    /// Shared with the listing cache until this session renames a message.
+    entries: Arc<Vec<Entry>>,
+    _lock: SessionLock,
 }
 
 fn io_context(what: impl Into<String>) -> impl FnOnce(io::Error) -> OpenError {
@@ -80,68 +86,64 @@ impl Mailbox {
         dir: &Path,
         mode: Mode,
         device: Option<&str>,
-    ) -> Result<(Mailbox, Vec<Message>), OpenError> {
-        let lock = match state::open_lock(dir, state::LOCK) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+    ) -> Result<(Mailbox, Arc<[Message]>), OpenError> {
+        let lock = match SessionLock::acquire(dir, mode) {
+            Err(LockError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
                 create_maildir(dir)?;
-                state::open_lock(dir, state::LOCK)
+                SessionLock::acquire(dir, mode)
             }
             other => other,
         }
-        .map_err(io_context("opening the lock file"))?;
-        let locked = match mode {
-            Mode::Delete => lock.try_lock(),
-            Mode::Keep => lock.try_lock_shared(),
-        };
-        match locked {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(OpenError::InUse),
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(OpenError::Io("locking the mailbox".into(), e));
-            }
-        }
+        .map_err(|e| match e {
+            LockError::InUse => OpenError::InUse,
+            LockError::Io(e) => OpenError::Io("locking the mailbox".into(), e),
+        })?;
 
         let hidden = match mode {
             Mode::Keep => state::read_set(&state::hidden_file(dir, device))
                 .map_err(io_context("reading the hidden set"))?,
             Mode::Delete => HashSet::new(),
         };
-        let mut all = match scan(dir) {
+        let listing_error = || io_context(format!("listing {}", dir.display()));
+        let stamp = match Stamp::of(dir) {
             // A Maildir created by hand, or by an MDA that makes new/ only when it delivers.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 create_maildir(dir)?;
-                scan(dir)
+                Stamp::of(dir)
             }
             other => other,
         }
-        .map_err(io_context(format!("listing {}", dir.display())))?;
-        // Delivery order: the time each unique name starts with (computed once, in `scan`),
-        // then the unique name for messages of the same second.
-        all.sort_unstable_by(|a, b| {
-            a.time
-                .cmp(&b.time)
-                .then_with(|| a.entry.name[..a.unique_len].cmp(&b.entry.name[..b.unique_len]))
-        });
-        let sizes = message_sizes(dir, &all, &hidden)?;
-        let listed: Vec<Listed> = all
-            .into_iter()
-            .filter(|m| !hidden.contains(&*m.entry.uidl()))
-            .collect();
-        let mut mailbox = Mailbox {
+        .map_err(listing_error())?;
+        let all = match listing::cached(dir, &stamp) {
+            Some(all) => all,
+            None => {
+                let all = Arc::new(list(dir).map_err(|e| match e {
+                    ListError::Io(e) => listing_error()(e),
+                    ListError::Open(e) => e,
+                })?);
+                listing::remember(dir, stamp, all.clone());
+                all
+            }
+        };
+        let (entries, messages) = if hidden.is_empty() {
+            (all.entries.clone(), all.messages.clone())
+        } else {
+            let (entries, messages): (Vec<Entry>, Vec<Message>) = all
+                .entries
+                .iter()
+                .zip(all.messages.iter())
+                .filter(|(_, m)| !hidden.contains(&*m.uid))
+                .map(|(e, m)| (e.clone(), m.clone()))
+                .unzip();
+            (Arc::new(entries), messages.into())
+        };
+        let mailbox = Mailbox {
             dir: dir.to_owned(),
             mode,
             device: device.map(str::to_owned),
-            entries: Vec::with_capacity(listed.len()),
+            entries,
             _lock: lock,
         };
-        let mut messages = Vec::with_capacity(listed.len());
-        for (listed, size) in listed.into_iter().zip(sizes) {
-            messages.push(Message {
-                uid: listed.entry.uidl().into(),
-                size,
-            });
-            mailbox.entries.push(listed.entry);
-        }
         Ok((mailbox, messages))
     }
 
@@ -164,7 +166,7 @@ impl Mailbox {
                 let name = item?.file_name();
                 let Some(name) = name.to_str() else { continue };
                 if names::uidl(names::unique(name)) == uidl {
-                    self.entries[index] = Entry {
+                    Arc::make_mut(&mut self.entries)[index] = Entry {
                         in_new,
                         name: name.to_owned(),
                     };
@@ -207,7 +209,7 @@ impl Mailbox {
             };
             match fs::rename(self.path(index), self.dir.join("cur").join(&seen)) {
                 Ok(()) => {
-                    self.entries[index] = Entry {
+                    Arc::make_mut(&mut self.entries)[index] = Entry {
                         in_new: false,
                         name: seen,
                     };
@@ -271,11 +273,9 @@ impl Mailbox {
             // Forget ids whose files are gone; names we listed are known to exist, others
             // need a fresh look at the folder.
             if hidden.iter().any(|id| !listed.contains(id.as_str())) {
-                let present: HashSet<String> = scan(&self.dir)?
-                    .iter()
-                    .map(|m| m.entry.uidl().into_owned())
-                    .collect();
-                hidden.retain(|id| present.contains(id));
+                let present: HashSet<Box<str>> =
+                    scan(&self.dir)?.into_iter().map(|m| m.uid).collect();
+                hidden.retain(|id| present.contains(id.as_str()));
             }
             state::write_atomic(&path, hidden.iter())
         });
@@ -292,9 +292,42 @@ impl Mailbox {
     }
 }
 
+/// Why a Maildir could not be listed.
+enum ListError {
+    Io(io::Error),
+    Open(OpenError),
+}
+
+/// Reads a Maildir's messages, their UIDLs and sizes, in delivery order.
+fn list(dir: &Path) -> Result<Listing, ListError> {
+    let mut all = scan(dir).map_err(ListError::Io)?;
+    // Delivery order: the time each unique name starts with (computed once, in `scan`),
+    // then the unique name for messages of the same second.
+    all.sort_unstable_by(|a, b| {
+        a.time
+            .cmp(&b.time)
+            .then_with(|| a.entry.name[..a.unique_len].cmp(&b.entry.name[..b.unique_len]))
+    });
+    let sizes = message_sizes(dir, &all).map_err(ListError::Open)?;
+    let mut entries = Vec::with_capacity(all.len());
+    let mut messages = Vec::with_capacity(all.len());
+    for (listed, size) in all.into_iter().zip(sizes) {
+        messages.push(Message {
+            uid: listed.uid,
+            size,
+        });
+        entries.push(listed.entry);
+    }
+    Ok(Listing {
+        entries: Arc::new(entries),
+        messages: messages.into(),
+    })
+}
+
 /// A message found by a scan, before sizes.
 struct Listed {
     entry: Entry,
+    uid: Box<str>,
     /// The length of the unique part of the name, so sorting needn't search for ':'.
     unique_len: usize,
     /// The delivery time at the start of the unique name, for sorting.
@@ -320,8 +353,10 @@ fn scan(dir: &Path) -> io::Result<Vec<Listed>> {
             let unique = names::unique(&name);
             let unique_len = unique.len();
             let time = names::delivery_time(unique);
+            let uid = names::uidl(unique).into();
             listed.push(Listed {
                 entry: Entry { in_new, name },
+                uid,
                 unique_len,
                 time,
             });
@@ -330,19 +365,14 @@ fn scan(dir: &Path) -> io::Result<Vec<Listed>> {
     Ok(listed)
 }
 
-/// The wire size of each message not in `hidden`, in order: from a `,W=` in its name, else
-/// from the size cache, else by reading it once (and then caching it). `all` is every
-/// message in the folder, so the cache keeps what other logins see.
-fn message_sizes(
-    dir: &Path,
-    all: &[Listed],
-    hidden: &HashSet<String>,
-) -> Result<Vec<u64>, OpenError> {
+/// The wire size of each message, in order: from a `,W=` in its name, else from the size
+/// cache, else by reading it once (and then caching it).
+fn message_sizes(dir: &Path, all: &[Listed]) -> Result<Vec<u64>, OpenError> {
     let cache_path = state::sizes_file(dir);
     let mut cache: Option<std::sync::Arc<HashMap<String, u64>>> = None;
     let mut fresh: HashMap<String, u64> = HashMap::new();
     let mut sizes = Vec::with_capacity(all.len());
-    for m in all.iter().filter(|m| !hidden.contains(&*m.entry.uidl())) {
+    for m in all {
         if let Some(size) = names::wire_size(names::unique(&m.entry.name)) {
             sizes.push(size);
             continue;
@@ -356,8 +386,7 @@ fn message_sizes(
                 Default::default()
             })
         });
-        let uidl = m.entry.uidl();
-        if let Some(&size) = cache.get(&*uidl) {
+        if let Some(&size) = cache.get(&*m.uid) {
             sizes.push(size);
             continue;
         }
@@ -370,11 +399,11 @@ fn message_sizes(
             Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
             Err(e) => return Err(OpenError::Io(format!("reading {}", path.display()), e)),
         };
-        fresh.insert(uidl.into_owned(), size);
+        fresh.insert(m.uid.to_string(), size);
         sizes.push(size);
     }
     if !fresh.is_empty() {
-        let present: HashSet<Cow<'_, str>> = all.iter().map(|m| m.entry.uidl()).collect();
+        let present: HashSet<&str> = all.iter().map(|m| &*m.uid).collect();
         let written = state::with_state_lock(dir, || {
             // Merge what other sessions cached meanwhile, and drop what is gone.
             let mut merged = state::read_sizes(&cache_path).unwrap_or_default();
