@@ -239,9 +239,9 @@ chmod 600 "$data/key.pem" # read by root: Dovecot's config process, pop3d before
 ulimit -Hn 1048576 2>/dev/null || ulimit -Hn 65536 2>/dev/null || true
 ulimit -n "$(ulimit -Hn)"
 nofile=$(ulimit -n)
-# pop3d holds two descriptors per logged-in keep-mode session: the socket and the mailbox
-# lock. The client (pop3bench) holds one per session.
-pop3d_idle=$(( idle < (nofile - 200) / 2 ? idle : (nofile - 200) / 2 ))
+# pop3d holds one descriptor per logged-in session (its socket; the sessions of a mailbox
+# share one lock descriptor), as does the client (pop3bench).
+pop3d_idle=$(( idle < nofile - 200 ? idle : nofile - 200 ))
 if ((pop3d_idle < idle)); then
     log "open-files limit $nofile: pop3d's idle sessions lowered from $idle to $pop3d_idle"
 fi

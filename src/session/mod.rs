@@ -804,7 +804,7 @@ fn message_command<'a>(
                 .enumerate()
                 .filter(|(i, _)| !drop.deleted[*i])
             {
-                response::line(out, format_args!("{} {}", i + 1, m.size));
+                response::list_line(out, i + 1, m.size);
             }
             response::end(out);
         }
@@ -820,7 +820,7 @@ fn message_command<'a>(
                 .enumerate()
                 .filter(|(i, _)| !drop.deleted[*i])
             {
-                response::line(out, format_args!("{} {}", i + 1, m.uid));
+                response::uidl_line(out, i + 1, &m.uid);
             }
             response::end(out);
         }
