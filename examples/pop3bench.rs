@@ -1672,34 +1672,123 @@ fn client_tls(trust: Trust<'_>, resume: bool) -> Result<Arc<ClientConfig>, Strin
         }
         Ok::<_, String>(roots)
     };
-    let mut config = match trust {
+    let verifier: Arc<dyn ServerCertVerifier> = match trust {
         Trust::Pem(pem) => {
             let certs = CertificateDer::pem_slice_iter(pem)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| format!("generated certificate: {e}"))?;
-            builder
-                .with_root_certificates(roots(certs, "the generated certificate")?)
-                .with_no_client_auth()
+            ChainVerifiedOnce::over(roots(certs, "the generated certificate")?, &provider)?
         }
         Trust::File(path) => {
             let shown = path.display().to_string();
             let certs = CertificateDer::pem_file_iter(path)
                 .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
                 .map_err(|e| format!("--ca {shown}: {e}"))?;
-            builder
-                .with_root_certificates(roots(certs, &shown)?)
-                .with_no_client_auth()
+            ChainVerifiedOnce::over(roots(certs, &shown)?, &provider)?
         }
-        Trust::Anything => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
-            .with_no_client_auth(),
+        Trust::Anything => Arc::new(AcceptAnyCertificate(provider)),
     };
+    let mut config = builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
     if !resume {
         // Every session pays a full handshake: the worst case, and the same for any server.
         config.resumption = rustls::client::Resumption::disabled();
     }
     Ok(Arc::new(config))
+}
+
+/// The standard WebPKI checks, except that a certificate chain already found valid for the
+/// same server name is accepted again without re-parsing it and re-checking its signatures:
+/// every session still gets the server's whole chain and still checks the handshake
+/// signature made with its key (which proves the server holds that key), but the client
+/// stops paying a second ECDSA verification per session for a chain it has checked already
+/// (the server's cost is what is measured; the client shares its CPUs). Any other chain
+/// goes through the full checks.
+#[derive(Debug)]
+struct ChainVerifiedOnce {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    /// The last chain found valid (end entity first) and the server name it was valid for.
+    verified: Mutex<Option<(Vec<CertificateDer<'static>>, ServerName<'static>)>>,
+}
+
+impl ChainVerifiedOnce {
+    fn over(
+        roots: RootCertStore,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<Arc<dyn ServerCertVerifier>, String> {
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| format!("TLS certificate verifier: {e}"))?;
+        Ok(Arc::new(ChainVerifiedOnce {
+            inner,
+            verified: Mutex::new(None),
+        }))
+    }
+}
+
+impl ServerCertVerifier for ChainVerifiedOnce {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let same = |(chain, name): &(Vec<CertificateDer<'static>>, ServerName<'static>)| {
+            name == server_name
+                && chain.len() == intermediates.len() + 1
+                && chain[0] == *end_entity
+                && chain[1..] == *intermediates
+        };
+        if lock(&self.verified).as_ref().is_some_and(same) {
+            return Ok(ServerCertVerified::assertion());
+        }
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        let chain = std::iter::once(end_entity)
+            .chain(intermediates)
+            .map(|c| c.clone().into_owned())
+            .collect();
+        *lock(&self.verified) = Some((chain, server_name.to_owned()));
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+
+    fn root_hint_subjects(&self) -> Option<&[rustls::DistinguishedName]> {
+        self.inner.root_hint_subjects()
+    }
 }
 
 /// --insecure: accepts any certificate and signature, to measure a server whose
@@ -1750,6 +1839,9 @@ impl ServerCertVerifier for AcceptAnyCertificate {
 enum Stream {
     Plain(TcpStream),
     Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+    /// The tests' server: canned octets, read in chunks of varying sizes.
+    #[cfg(test)]
+    Canned(tests::Canned),
 }
 
 impl Read for Stream {
@@ -1757,6 +1849,8 @@ impl Read for Stream {
         match self {
             Stream::Plain(s) => s.read(buf),
             Stream::Tls(s) => s.read(buf),
+            #[cfg(test)]
+            Stream::Canned(s) => s.read(buf),
         }
     }
 }
@@ -1766,6 +1860,8 @@ impl Write for Stream {
         match self {
             Stream::Plain(s) => s.write(buf),
             Stream::Tls(s) => s.write(buf),
+            #[cfg(test)]
+            Stream::Canned(_) => Ok(buf.len()),
         }
     }
 
@@ -1773,6 +1869,8 @@ impl Write for Stream {
         match self {
             Stream::Plain(s) => s.flush(),
             Stream::Tls(s) => s.flush(),
+            #[cfg(test)]
+            Stream::Canned(_) => Ok(()),
         }
     }
 }
@@ -1912,47 +2010,26 @@ impl Client {
     }
 
     /// Reads the body of a multi-line reply up to the terminating ".", undoing the
-    /// byte-stuffing, and hands it to `sink` in pieces (a CRLF-ended line may come in
-    /// several). Returns the de-stuffed octet count. `limit` bounds it, so a server that
-    /// never terminates can't keep us reading for ever.
+    /// byte-stuffing, and hands it to `sink` in pieces: runs of whole lines where it can
+    /// (a piece ends before each line that starts with '.', and where a read ends), so the
+    /// sink sees a few large slices per read rather than one call per line. Returns the
+    /// de-stuffed octet count. `limit` bounds it, so a server that never terminates can't
+    /// keep us reading for ever.
     fn read_multiline(&mut self, limit: u64, mut sink: impl FnMut(&[u8])) -> Result<u64, String> {
-        let mut total = 0u64;
-        let mut line_start = true;
+        let mut body = Unstuffer::default();
         loop {
-            if line_start {
-                let avail = &self.buf[self.start..self.end];
-                // Three octets tell the terminator ".\r\n" from a stuffed "..".
-                if avail.is_empty() || (avail[0] == b'.' && avail.len() < 3) {
-                    self.fill()?;
-                    continue;
-                }
-                if avail.starts_with(b".\r\n") {
-                    self.start += 3;
-                    return Ok(total);
-                }
-                if avail.starts_with(b"..") {
-                    self.start += 1;
-                } else if avail[0] == b'.' {
-                    return Err("a line starts with a '.' that is not byte-stuffed".into());
-                }
-                line_start = false;
-            }
-            if self.start == self.end {
+            let (used, done) = body.feed(&self.buf[self.start..self.end], &mut sink)?;
+            if used == 0 {
+                // Nothing, or too little to tell what a line's leading '.' means: the
+                // octets left over (at most two) move to the buffer's start.
                 self.fill()?;
                 continue;
             }
-            let avail = &self.buf[self.start..self.end];
-            let piece = match memchr::memchr(b'\n', avail) {
-                Some(i) => {
-                    line_start = true;
-                    &avail[..=i]
-                }
-                None => avail,
-            };
-            sink(piece);
-            total += piece.len() as u64;
-            self.start += piece.len();
-            if total > limit {
+            self.start += used;
+            if done {
+                return Ok(body.total);
+            }
+            if body.total > limit {
                 return Err(format!("multi-line reply over {limit} octets"));
             }
         }
@@ -1980,6 +2057,63 @@ impl Client {
                 _ => Err(format!("{command} line {}: {line:?}", i + 1)),
             })
             .collect()
+    }
+}
+
+/// The state of a multi-line body being read: whether the next octet starts a line, and
+/// the de-stuffed octets so far. Only the lines that start with '.' need a look: ".." is a
+/// stuffed '.', ".\r\n" the end, any other '.' an error; everything between goes on in one
+/// piece, found with one memmem search for "\n." per such line rather than a memchr per line.
+#[derive(Default)]
+struct Unstuffer {
+    mid_line: bool,
+    total: u64,
+}
+
+impl Unstuffer {
+    /// Consumes a prefix of `avail`, passing de-stuffed content to `sink`. Returns how many
+    /// octets it used, and whether that included the terminator (the octets after it belong
+    /// to the next reply). It uses none when `avail` is empty or too short to decide on a
+    /// line start: after a leading '.', ".\r" may yet be the terminator.
+    fn feed(
+        &mut self,
+        avail: &[u8],
+        sink: &mut impl FnMut(&[u8]),
+    ) -> Result<(usize, bool), String> {
+        static LINE_DOT: LazyLock<memchr::memmem::Finder<'static>> =
+            LazyLock::new(|| memchr::memmem::Finder::new(b"\n."));
+        let mut at = 0;
+        if !self.mid_line {
+            match avail {
+                [] | [b'.'] | [b'.', b'\r'] => return Ok((0, false)),
+                [b'.', b'\r', b'\n', ..] => return Ok((3, true)),
+                // Stuffed: drop the first '.', the second is content.
+                [b'.', b'.', ..] => at = 1,
+                [b'.', ..] => {
+                    return Err("a line starts with a '.' that is not byte-stuffed".into());
+                }
+                _ => {}
+            }
+            self.mid_line = true;
+        } else if avail.is_empty() {
+            return Ok((0, false));
+        }
+        let rest = &avail[at..];
+        // A piece up to the '\n' before the next line that starts with '.', or to the end of
+        // what we have: then the next octet read starts a line if this ends with '\n'.
+        let piece = match LINE_DOT.find(rest) {
+            Some(i) => {
+                self.mid_line = false;
+                &rest[..=i]
+            }
+            None => {
+                self.mid_line = rest.last() != Some(&b'\n');
+                rest
+            }
+        };
+        sink(piece);
+        self.total += piece.len() as u64;
+        Ok((at + piece.len(), false))
     }
 }
 
@@ -3073,4 +3207,204 @@ fn write_json_string(out: &mut String, s: &str) {
         }
     }
     out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server's octets, handed out in chunks of pseudo-random sizes up to `max_chunk`,
+    /// so that every boundary (after '\n', after "\n.", after "\n.\r", inside "..") occurs.
+    pub struct Canned {
+        data: Vec<u8>,
+        at: usize,
+        rng: Rng,
+        max_chunk: usize,
+    }
+
+    impl Read for Canned {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self
+                .rng
+                .between(1, self.max_chunk)
+                .min(buf.len())
+                .min(self.data.len() - self.at);
+            buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    fn client(data: Vec<u8>, seed: u64, max_chunk: usize, buf_size: usize) -> Client {
+        Client {
+            stream: Stream::Canned(Canned {
+                data,
+                at: 0,
+                rng: Rng::for_message(seed, 0),
+                max_chunk,
+            }),
+            buf: vec![0; buf_size],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// What a server sends for `body`: a '.' added before each line's leading '.', then the
+    /// terminator.
+    fn stuffed(body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(body.len() + 8);
+        let mut line_start = true;
+        for &b in body {
+            if line_start && b == b'.' {
+                out.push(b'.');
+            }
+            out.push(b);
+            line_start = b == b'\n';
+        }
+        out.extend_from_slice(b".\r\n");
+        out
+    }
+
+    /// CRLF lines rich in dots: empty lines, ".", "..", ".\r", lines of dots and CRs.
+    fn dotty_body(rng: &mut Rng) -> Vec<u8> {
+        let mut body = Vec::new();
+        for _ in 0..rng.below(40) {
+            for _ in 0..rng.below(8) {
+                body.push(*b"..\r.ab ".get(rng.below(7) as usize).unwrap());
+            }
+            body.extend_from_slice(b"\r\n");
+        }
+        body
+    }
+
+    /// Reads `bodies` back through the client as pipelined RETR replies.
+    fn read_back(bodies: &[Vec<u8>], seed: u64, max_chunk: usize, buf_size: usize) {
+        let mut data = Vec::new();
+        for body in bodies {
+            data.extend_from_slice(b"+OK\r\n");
+            data.extend_from_slice(&stuffed(body));
+        }
+        let mut c = client(data, seed, max_chunk, buf_size);
+        for (i, body) in bodies.iter().enumerate() {
+            let what = format!("seed {seed}, chunks {max_chunk}, buf {buf_size}, body {i}");
+            assert_eq!(c.status("RETR").unwrap(), "+OK", "{what}");
+            let mut got = Vec::new();
+            let total = c
+                .read_multiline(1 << 20, |piece| {
+                    assert!(!piece.is_empty(), "{what}: empty piece");
+                    got.extend_from_slice(piece);
+                })
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(total, body.len() as u64, "{what}");
+            assert_eq!(got, *body, "{what}");
+        }
+        let Stream::Canned(canned) = &c.stream else {
+            unreachable!()
+        };
+        assert_eq!(canned.at, canned.data.len(), "all read");
+        assert_eq!(c.start, c.end, "nothing left over");
+    }
+
+    #[test]
+    fn destuffs_across_every_chunk_boundary() {
+        for seed in 0..300 {
+            let mut rng = Rng::for_message(seed, 1);
+            let bodies: Vec<Vec<u8>> = (0..5).map(|_| dotty_body(&mut rng)).collect();
+            for (max_chunk, buf_size) in [(1, 8), (2, 8), (3, 16), (7, 64), (64, 4096)] {
+                read_back(&bodies, seed, max_chunk, buf_size);
+            }
+        }
+    }
+
+    #[test]
+    fn edge_bodies() {
+        let bodies: Vec<Vec<u8>> = [
+            &b""[..],
+            b"\r\n",
+            b".\r\n",
+            b"..\r\n",
+            b".\r\r\n",
+            b"a\r\n.\r\n..\r\n",
+            b"\r\n.\r\n\r\n.",
+        ]
+        .iter()
+        .map(|b| b.to_vec())
+        .collect();
+        // The last body has no final line end: give it one, as a server must.
+        let mut bodies = bodies;
+        bodies.last_mut().unwrap().extend_from_slice(b"\r\n");
+        for max_chunk in 1..8 {
+            read_back(&bodies, 7, max_chunk, 16);
+        }
+    }
+
+    #[test]
+    fn runs_of_lines_go_to_the_sink_whole() {
+        let mut body = Vec::new();
+        for i in 0..1000 {
+            let _ = writeln!(body, "line {i} of a message without leading dots\r");
+        }
+        body.extend_from_slice(b"..a stuffed line\r\nand more\r\n");
+        let mut c = client(stuffed(&body), 1, usize::MAX, BIG_BUF);
+        let mut pieces = 0;
+        let mut got = Vec::new();
+        c.read_multiline(1 << 20, |piece| {
+            pieces += 1;
+            got.extend_from_slice(piece);
+        })
+        .unwrap();
+        assert_eq!(got, body);
+        assert_eq!(
+            pieces, 2,
+            "one piece before the dotted line, one from it on"
+        );
+    }
+
+    #[test]
+    fn a_remembered_chain_only_skips_the_checks_for_itself() {
+        let ours = pop3d::server::tls::self_signed(&["localhost"]).unwrap().0;
+        let other = pop3d::server::tls::self_signed(&["localhost"]).unwrap().0;
+        let der = |pem: &str| {
+            CertificateDer::pem_slice_iter(pem.as_bytes())
+                .next()
+                .unwrap()
+        };
+        let (ours, other) = (der(&ours).unwrap(), der(&other).unwrap());
+        let mut roots = RootCertStore::empty();
+        roots.add(ours.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = ChainVerifiedOnce::over(roots, &provider).unwrap();
+        let check = |cert: &CertificateDer<'_>, name: &str| {
+            let name = ServerName::try_from(name.to_owned()).unwrap();
+            verifier
+                .verify_server_cert(cert, &[], &name, &[], UnixTime::now())
+                .is_ok()
+        };
+        for _ in 0..2 {
+            assert!(check(&ours, "localhost"));
+            assert!(!check(&other, "localhost"), "an untrusted certificate");
+            assert!(!check(&ours, "example.org"), "a name the certificate lacks");
+        }
+    }
+
+    fn read_error(data: &[u8], max_chunk: usize, limit: u64) -> String {
+        let mut c = client(data.to_vec(), 3, max_chunk, 64);
+        c.read_multiline(limit, |_| {}).unwrap_err()
+    }
+
+    #[test]
+    fn unstuffed_dots_and_overlong_bodies_are_errors() {
+        for max_chunk in 1..6 {
+            for data in [&b".x\r\n.\r\n"[..], b"a\r\n.\r\r\n.\r\n", b"a\r\n.x"] {
+                let e = read_error(data, max_chunk, 1 << 20);
+                assert!(e.contains("not byte-stuffed"), "{data:?}: {e}");
+            }
+            // No terminator: the limit ends it, not the end of the stream.
+            let e = read_error(&b"0123456789\r\n".repeat(100), max_chunk, 500);
+            assert!(e.contains("over 500 octets"), "{e}");
+        }
+        // A stream that ends before the terminator.
+        let e = read_error(b"abc\r\n.", 4, 1 << 20);
+        assert!(e.contains("closed"), "{e}");
+    }
 }

@@ -11,6 +11,7 @@ pub struct BodyEncoder {
     /// Bytes of the current line sent so far; 0 at a line start.
     line_len: u64,
     last_was_cr: bool,
+    /// Tracked for TOP only: RETR sends every line alike.
     in_header: bool,
     /// Body lines still to send after the header (TOP); None means all (RETR).
     body_lines_left: Option<u64>,
@@ -36,7 +37,54 @@ impl BodyEncoder {
     }
 
     /// Encodes the next chunk of the file, appending to `out`.
-    pub fn push(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
+    pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        if self.body_lines_left.is_some() {
+            self.push_lines(input, out);
+        } else {
+            self.push_all(input, out);
+        }
+    }
+
+    /// RETR: no line is counted, so only a bare LF (which gets a CR) and a dot at a line start
+    /// (which gets another) change anything. The runs between them are copied whole: for a
+    /// CRLF file that is the whole chunk, for an LF file one copy per line.
+    fn push_all(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        let Some(&last) = input.last() else { return };
+        // Room for the usual case up front: a CR per 64-byte line, a stuffed dot now and then.
+        out.reserve(input.len() + input.len() / 64 + 8);
+        if self.line_len == 0 && input[0] == b'.' {
+            out.push(b'.');
+        }
+        // Input before `run` is already out.
+        let mut run = 0;
+        let mut last_lf = None;
+        for lf in memchr::memchr_iter(b'\n', input) {
+            let cr_before = match lf.checked_sub(1) {
+                Some(before) => input[before] == b'\r',
+                None => self.last_was_cr,
+            };
+            if !cr_before {
+                out.extend_from_slice(&input[run..lf]);
+                out.push(b'\r');
+                run = lf;
+            }
+            if input.get(lf + 1) == Some(&b'.') {
+                out.extend_from_slice(&input[run..=lf]);
+                out.push(b'.');
+                run = lf + 1;
+            }
+            last_lf = Some(lf);
+        }
+        out.extend_from_slice(&input[run..]);
+        self.line_len = match last_lf {
+            Some(lf) => (input.len() - lf - 1) as u64,
+            None => self.line_len + input.len() as u64,
+        };
+        self.last_was_cr = last == b'\r';
+    }
+
+    /// TOP: line by line, counting the header's end and the body lines sent.
+    fn push_lines(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
         while !input.is_empty() && !self.done {
             if self.line_len == 0 && input[0] == b'.' {
                 out.push(b'.');
@@ -265,5 +313,48 @@ mod tests {
         assert_eq!(size(b"a\nb\n"), 6);
         assert_eq!(size(b"a\r\nb\r\n"), 6);
         assert_eq!(size(b"a\nb"), 6);
+    }
+
+    #[test]
+    fn chunk_edges_between_cr_and_lf_and_before_a_dot() {
+        // "a\r" | "\n.b\n": the CR of a CRLF ends one chunk, its LF starts the next.
+        assert_eq!(encode(b"a\r\n.b\n", None, 2), b"a\r\n..b\r\n.\r\n");
+        // "a\r\n" | ".b\n": a dot opens a chunk at a line start.
+        assert_eq!(encode(b"a\r\n.b\n", None, 3), b"a\r\n..b\r\n.\r\n");
+        // "a\n" | "." | "\n": a lone dot line split from both its neighbours.
+        assert_eq!(encode(b"a\n.\nb", None, 1), b"a\r\n..\r\nb\r\n.\r\n");
+        // A CR ending one chunk, content (not an LF) starting the next: the CR is content.
+        assert_eq!(encode(b"a\rb\n", None, 2), b"a\rb\r\n.\r\n");
+        // A bare LF right after a dot-stuffed line start, and a dot after a bare LF.
+        assert_eq!(
+            every_chunking(b"\n.\n\n.", None),
+            b"\r\n..\r\n\r\n..\r\n.\r\n"
+        );
+    }
+
+    /// RETR's run-copying path must agree with TOP's line-by-line one when TOP sends all.
+    #[test]
+    fn retr_and_top_of_everything_agree() {
+        let mut input = Vec::new();
+        for i in 0..400u32 {
+            let line: &[u8] = match i % 7 {
+                0 => b".dot\n",
+                1 => b"crlf\r\n",
+                2 => b"\n",
+                3 => b"\r\n",
+                4 => b"..\r\n",
+                5 => b"bare\rcr\n",
+                _ => b"plain text line\n",
+            };
+            input.extend_from_slice(line);
+            input.extend(std::iter::repeat_n(b'x', (i % 5) as usize));
+        }
+        for chunk in [1, 2, 3, 5, 64, 100, 4096, input.len()] {
+            assert_eq!(
+                encode(&input, None, chunk),
+                encode(&input, Some(u64::MAX), chunk),
+                "chunk size {chunk}"
+            );
+        }
     }
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::file::{FileChunk, Tail};
 use super::limits::Slot;
 use super::metrics::{ListenerLabel, Metrics};
 use super::{Shared, rt, tls};
@@ -21,10 +22,14 @@ use crate::protocol::response::{self, Code};
 use crate::session::{Credential, Effect, LoginFailure, Message, Mode, Session, Settings};
 use crate::store::{Mailbox, MessageError, OpenError, template};
 
-/// Output is written once it grows past this, even mid-reply.
-const WRITE_CHUNK: usize = 64 * 1024;
-/// Reads from message files; large, so a big message costs few blocking-pool round trips.
+/// Output is written once it grows past this, even mid-reply: big, so a burst of RETRs
+/// costs few writes (and, with TLS, full records).
+const WRITE_CHUNK: usize = 256 * 1024;
+/// Reads from message files; large, so most messages are read, end included, in one trip to
+/// the blocking pool.
 const FILE_CHUNK: usize = 128 * 1024;
+/// An idle session keeps an output buffer no larger than this.
+const IDLE_OUT: usize = 4 * 1024;
 /// How long a client may take to accept what we write before we give up on it.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -69,26 +74,9 @@ struct Connection<'a, S> {
     session_slot: Option<Slot<(String, IpAddr)>>,
     /// Messages sent by RETR whose Seen flag is still to be set.
     retrieved: Vec<usize>,
-}
-
-/// A message file and the last chunk read from it, moved to the blocking pool and back.
-struct FileChunk {
-    file: std::fs::File,
-    buf: Vec<u8>,
-    len: io::Result<usize>,
-}
-
-impl FileChunk {
-    /// Reads the next chunk, retrying reads a signal interrupted.
-    fn fill(&mut self) {
-        use std::io::Read;
-        self.len = loop {
-            match self.file.read(&mut self.buf) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => break other,
-            }
-        };
-    }
+    /// The message read buffer, kept from one RETR to the next while the client pipelines
+    /// them (empty when idle).
+    file_buf: Vec<u8>,
 }
 
 /// What a successful login hands to the connection.
@@ -225,6 +213,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             login: None,
             session_slot: None,
             retrieved: Vec::new(),
+            file_buf: Vec::new(),
         }
     }
 
@@ -240,6 +229,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             login: None,
             session_slot: None,
             retrieved: Vec::new(),
+            file_buf: Vec::new(),
         }
     }
 
@@ -271,6 +261,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             if let Err(end) = self.flush().await {
                 return end;
             }
+            self.rest();
             let limit = if self.session.is_logged_in() {
                 self.ctx.config.idle_timeout
             } else {
@@ -498,21 +489,18 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
     }
 
     /// Streams a message for RETR or TOP. Opening it, reading its first chunk and setting
-    /// the Seen flags of the messages retrieved before are one trip to the blocking pool, so
-    /// a typical message costs one hand-off, not three.
+    /// the Seen flags of the messages retrieved before are one trip to the blocking pool;
+    /// the rest of a big message is read from the page cache without one where it can be.
     async fn send(&mut self, index: usize, top_lines: Option<u64>) -> Result<(), End> {
         let Some(mut mailbox) = self.mailbox.take() else {
             return Err(End::Error("send without a mailbox".into()));
         };
         let seen = std::mem::take(&mut self.retrieved);
+        let buf = std::mem::take(&mut self.file_buf);
         let (mailbox, opened) = rt::unblock(move || {
             mailbox.mark_seen_all(&seen);
             let opened = mailbox.open_message(index).map(|file| {
-                let mut chunk = FileChunk {
-                    file,
-                    buf: vec![0; FILE_CHUNK],
-                    len: Ok(0),
-                };
+                let mut chunk = FileChunk::new(file, buf, FILE_CHUNK);
                 chunk.fill();
                 chunk
             });
@@ -534,28 +522,31 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         self.session.send_started(index, top_lines, &mut self.out);
         let mut encoder = BodyEncoder::new(top_lines);
         loop {
-            let n = match chunk.len {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(ref e) => {
+            encoder.push(chunk.data(), &mut self.out);
+            match chunk.tail() {
+                Tail::More => {}
+                Tail::End => break,
+                Tail::Failed(e) => {
                     // Part of the body is out: the reply can't be completed or retracted.
                     log::error!("read error in a message of {:?}: {e}", self.login_name());
                     return Err(End::Error(format!("message read failed: {e}")));
                 }
-            };
-            encoder.push(&chunk.buf[..n], &mut self.out);
+            }
             if encoder.is_done() {
                 break;
             }
             if self.out.len() >= WRITE_CHUNK {
                 self.flush().await?;
             }
-            chunk = rt::unblock(move || {
-                chunk.fill();
-                chunk
-            })
-            .await;
+            if !chunk.fill_cached() {
+                chunk = rt::unblock(move || {
+                    chunk.fill();
+                    chunk
+                })
+                .await;
+            }
         }
+        self.file_buf = chunk.into_buf();
         encoder.finish(&mut self.out);
         if top_lines.is_none() {
             let metrics = &self.ctx.shared.metrics;
@@ -579,11 +570,20 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         }
     }
 
+    /// Lets the buffers of a burst of replies go while waiting for the client, so idle
+    /// sessions stay small.
+    fn rest(&mut self) {
+        self.file_buf = Vec::new();
+        if self.out.capacity() > IDLE_OUT {
+            self.out = Vec::with_capacity(256);
+        }
+    }
+
     fn login_name(&self) -> &str {
         self.login.as_ref().map_or("-", |(name, _)| name.as_str())
     }
 
-    /// Writes pending output, then lets a large buffer go so idle sessions stay small.
+    /// Writes pending output.
     async fn flush(&mut self) -> Result<(), End> {
         if self.out.is_empty() {
             return Ok(());
@@ -595,9 +595,6 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         })
         .await;
         self.out.clear();
-        if self.out.capacity() > 4 * WRITE_CHUNK {
-            self.out = Vec::with_capacity(256);
-        }
         match written {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(End::Timeout),

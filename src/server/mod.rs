@@ -1,6 +1,7 @@
 //! The network side: listeners, TLS, limits, signals, reloads, metrics, and the runtime.
 
 mod connection;
+mod file;
 mod lifecycle;
 mod limits;
 mod metrics;
