@@ -643,6 +643,18 @@ fn retrieved_messages_are_marked_seen_however_the_session_ends() {
     c.fetch("TOP 3 0");
     c.ok("QUIT");
     assert!(!seen(&names[2]));
+    // A session that stays open: set once the client pauses, so an IMAP client of the same
+    // Maildir shows the message read without waiting for the POP3 session to end.
+    let mut c = server.login("alice", "secret");
+    c.fetch("RETR 3");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen(&names[2]) {
+        assert!(Instant::now() < deadline, "Seen not set while the session is open");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // And the session goes on serving the message under its new name.
+    assert_eq!(c.fetch("RETR 3"), crlf(&sample(2)));
+    c.ok("QUIT");
 }
 
 #[test]

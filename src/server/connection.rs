@@ -261,6 +261,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             if let Err(end) = self.flush().await {
                 return end;
             }
+            self.mark_retrieved_seen().await;
             self.rest();
             let limit = if self.session.is_logged_in() {
                 self.ctx.config.idle_timeout
@@ -488,40 +489,54 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         }
     }
 
-    /// Streams a message for RETR or TOP. Opening it, reading its first chunk and setting
-    /// the Seen flags of the messages retrieved before are one trip to the blocking pool;
-    /// the rest of a big message is read from the page cache without one where it can be.
+    /// Streams a message for RETR or TOP. A message whose path the kernel has cached is
+    /// opened and read on the executor thread; otherwise opening it, reading its first chunk
+    /// and setting the Seen flags pending are one trip to the blocking pool. The rest of a big
+    /// message is read from the page cache without one where it can be.
     async fn send(&mut self, index: usize, top_lines: Option<u64>) -> Result<(), End> {
         let Some(mut mailbox) = self.mailbox.take() else {
             return Err(End::Error("send without a mailbox".into()));
         };
-        let seen = std::mem::take(&mut self.retrieved);
         let buf = std::mem::take(&mut self.file_buf);
-        let (mailbox, opened) = rt::unblock(move || {
-            mailbox.mark_seen_all(&seen);
-            let opened = mailbox.open_message(index).map(|file| {
-                let mut chunk = FileChunk::new(file, buf, FILE_CHUNK);
-                chunk.fill();
-                chunk
-            });
-            (mailbox, opened)
-        })
-        .await;
-        self.mailbox = Some(mailbox);
-        let mut chunk = match opened {
-            Ok(chunk) => chunk,
-            Err(e) => {
-                if let MessageError::Io(e) = &e {
-                    log::error!("cannot open a message of {:?}: {e}", self.login_name());
+        let (mut chunk, mut filled) = if let Some(file) = mailbox.open_message_cached(index) {
+            self.mailbox = Some(mailbox);
+            (FileChunk::new(file, buf, FILE_CHUNK), false)
+        } else {
+            let seen = std::mem::take(&mut self.retrieved);
+            let (mailbox, opened) = rt::unblock(move || {
+                mailbox.mark_seen_all(&seen);
+                let opened = mailbox.open_message(index).map(|file| {
+                    let mut chunk = FileChunk::new(file, buf, FILE_CHUNK);
+                    chunk.fill();
+                    chunk
+                });
+                (mailbox, opened)
+            })
+            .await;
+            self.mailbox = Some(mailbox);
+            match opened {
+                Ok(chunk) => (chunk, true),
+                Err(e) => {
+                    if let MessageError::Io(e) = &e {
+                        log::error!("cannot open a message of {:?}: {e}", self.login_name());
+                    }
+                    let vanished = matches!(e, MessageError::Vanished);
+                    self.session.send_failed(index, vanished, &mut self.out);
+                    return Ok(());
                 }
-                let vanished = matches!(e, MessageError::Vanished);
-                self.session.send_failed(index, vanished, &mut self.out);
-                return Ok(());
             }
         };
         self.session.send_started(index, top_lines, &mut self.out);
         let mut encoder = BodyEncoder::new(top_lines);
         loop {
+            if !filled && !chunk.fill_cached() {
+                chunk = rt::unblock(move || {
+                    chunk.fill();
+                    chunk
+                })
+                .await;
+            }
+            filled = false;
             encoder.push(chunk.data(), &mut self.out);
             match chunk.tail() {
                 Tail::More => {}
@@ -538,13 +553,6 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             if self.out.len() >= WRITE_CHUNK {
                 self.flush().await?;
             }
-            if !chunk.fill_cached() {
-                chunk = rt::unblock(move || {
-                    chunk.fill();
-                    chunk
-                })
-                .await;
-            }
         }
         self.file_buf = chunk.into_buf();
         encoder.finish(&mut self.out);
@@ -554,20 +562,36 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             metrics
                 .octets_retrieved
                 .inc_by(self.session.message_size(index));
-            // Set Seen with the next trip to the blocking pool, or when the session ends.
-            self.retrieved.push(index);
+            // Set Seen with the next trip to the blocking pool, when the client pauses, or
+            // when the session ends.
+            if self.mailbox.as_ref().is_some_and(|m| !m.is_seen(index)) {
+                self.retrieved.push(index);
+            }
         }
         Ok(())
     }
 
+    /// Sets the Seen flags still pending: one trip to the blocking pool for a burst of RETRs.
+    async fn mark_retrieved_seen(&mut self) {
+        if self.retrieved.is_empty() {
+            return;
+        }
+        let seen = std::mem::take(&mut self.retrieved);
+        if let Some(mut mailbox) = self.mailbox.take() {
+            self.mailbox = Some(
+                rt::unblock(move || {
+                    mailbox.mark_seen_all(&seen);
+                    mailbox
+                })
+                .await,
+            );
+        }
+    }
+
     /// Sets the Seen flags still pending and unlocks the mailbox.
     async fn release_mailbox(&mut self) {
-        let seen = std::mem::take(&mut self.retrieved);
-        if let Some(mut mailbox) = self.mailbox.take()
-            && !seen.is_empty()
-        {
-            rt::unblock(move || mailbox.mark_seen_all(&seen)).await;
-        }
+        self.mark_retrieved_seen().await;
+        self.mailbox = None;
     }
 
     /// Lets the buffers of a burst of replies go while waiting for the client, so idle

@@ -1,11 +1,10 @@
 //! Reading a message file chunk by chunk, from the page cache on the executor thread when it can.
 //!
 //! A page-cache hit takes microseconds, while a trip to the blocking pool and back costs two
-//! cross-CPU wake-ups, more than the read itself. So the reads after the first try
-//! `preadv2(RWF_NOWAIT)` on the executor thread, which fails with EAGAIN rather than wait for
-//! the disk, and only then use the pool. Opening a message, and its first read, stay on the
-//! pool: a path lookup may need the disk, and a slow disk must not stall the executor and
-//! with it every other session.
+//! cross-CPU wake-ups, more than the read itself. So reads try `preadv2(RWF_NOWAIT)` on the
+//! executor thread, which fails with EAGAIN rather than wait for the disk, and only then use
+//! the pool: a slow disk must not stall the executor and with it every other session. (The
+//! store opens messages the same way: `Mailbox::open_message_cached`.)
 
 use std::fs::File;
 use std::io::{self, Read};

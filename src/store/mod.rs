@@ -1,8 +1,9 @@
 //! The mail store: a user's Maildir, its listing, sizes, UIDLs, lock and QUIT's update.
 //!
-//! All of it is blocking file I/O, run by the server on its blocking thread pool. It acts on
-//! the paths it listed and only looks a message up again when another client (an IMAP server
-//! changing flags, say) has renamed it.
+//! All of it is blocking file I/O, run by the server on its blocking thread pool, except
+//! `Mailbox::open_message_cached`, which never waits. It acts on the paths it listed and only
+//! looks a message up again when another client (an IMAP server changing flags, say) has
+//! renamed it.
 
 mod listing;
 mod lock;
@@ -196,6 +197,19 @@ impl Mailbox {
     /// Opens a message for RETR or TOP.
     pub fn open_message(&mut self, index: usize) -> Result<File, MessageError> {
         self.on_message(index, |path| File::open(path))
+    }
+
+    /// Opens a message only if that needs no disk access (every part of its path is in the
+    /// kernel's dentry cache), so it can be done on an executor thread. None otherwise, and on
+    /// any error: `open_message` then does it, or reports why it can't, on the blocking pool.
+    pub fn open_message_cached(&self, index: usize) -> Option<File> {
+        open_cached(&self.path(index))
+    }
+
+    /// True if the message already carries the Seen flag, so RETR has nothing to rename.
+    pub fn is_seen(&self, index: usize) -> bool {
+        let entry = &self.entries[index];
+        names::seen_name(&entry.name, entry.in_new).is_none()
     }
 
     /// Sets the Seen flag (moving the message from new/ to cur/), so an IMAP client of the
@@ -448,4 +462,37 @@ fn measure(path: &Path) -> io::Result<u64> {
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Set once the kernel has said it has no `openat2` or no RESOLVE_CACHED (before Linux 5.12):
+/// from then on every message is opened on the blocking pool.
+#[cfg(target_os = "linux")]
+static RESOLVE_CACHED_UNSUPPORTED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// `openat2` with RESOLVE_CACHED fails with EAGAIN rather than read a directory from disk.
+#[cfg(target_os = "linux")]
+fn open_cached(path: &Path) -> Option<File> {
+    use rustix::fs::{CWD, Mode, OFlags, ResolveFlags, openat2};
+    use rustix::io::Errno;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    if RESOLVE_CACHED_UNSUPPORTED.load(Relaxed) {
+        return None;
+    }
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY;
+    match openat2(CWD, path, flags, Mode::empty(), ResolveFlags::CACHED) {
+        Ok(fd) => Some(File::from(fd)),
+        Err(Errno::NOSYS | Errno::INVAL) => {
+            RESOLVE_CACHED_UNSUPPORTED.store(true, Relaxed);
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// Elsewhere no open is known not to wait: every message is opened on the blocking pool.
+#[cfg(not(target_os = "linux"))]
+fn open_cached(_: &Path) -> Option<File> {
+    None
 }
