@@ -366,7 +366,7 @@ def markdown(args, runs, rows, settings, dovecot_config):
         w(
             f"Dovecot's LIST leaves out the CRLF that RETR adds to the {max(uncounted)} "
             "messages without a final line end (pop3d counts it); the content is identical, "
-            "checked by SHA-256, and pop3bench tolerates exactly this difference.\n"
+            "checked by XXH3-128, and pop3bench tolerates exactly this difference.\n"
         )
     if dovecot_config:
         w("<details><summary>Dovecot's configuration (<code>doveconf -n</code>)</summary>\n")
