@@ -649,7 +649,10 @@ fn retrieved_messages_are_marked_seen_however_the_session_ends() {
     c.fetch("RETR 3");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !seen(&names[2]) {
-        assert!(Instant::now() < deadline, "Seen not set while the session is open");
+        assert!(
+            Instant::now() < deadline,
+            "Seen not set while the session is open"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // And the session goes on serving the message under its new name.
