@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::session::Mode;
-use crate::store::template;
+use crate::store::{self, template};
 
 /// Everything `pop3d serve` needs, after merging and checking.
 #[derive(Clone, Debug)]
@@ -53,6 +53,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Where to serve Prometheus/OpenMetrics text, if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// Most messages, over all Maildirs, whose listings are kept in memory between sessions.
+    pub listing_cache_messages: usize,
 }
 
 /// Where the certificate and its key are.
@@ -95,6 +97,7 @@ pub struct FileConfig {
     #[serde(default, with = "humantime_serde_opt")]
     pub shutdown_grace: Option<Duration>,
     pub metrics: Option<SocketAddr>,
+    pub listing_cache_messages: Option<usize>,
 }
 
 /// Where the configuration comes from, kept so SIGHUP can read it again.
@@ -211,6 +214,10 @@ impl FileConfig {
                 .or(self.shutdown_grace)
                 .unwrap_or(Duration::from_secs(10)),
             metrics: flags.metrics.or(self.metrics),
+            listing_cache_messages: flags
+                .listing_cache_messages
+                .or(self.listing_cache_messages)
+                .unwrap_or(store::DEFAULT_LISTING_CACHE),
         };
         if let Some(t) = &config.maildir {
             template::check_template(t)?;
@@ -278,6 +285,7 @@ mod tests {
         let file: FileConfig = toml::from_str(include_str!("../examples/pop3d.toml")).unwrap();
         let config = file.merge(FileConfig::default()).unwrap();
         assert_eq!(config.maildir.as_deref(), Some("/var/mail/%d/%n/Maildir"));
+        assert_eq!(config.listing_cache_messages, 250_000);
     }
 
     #[test]

@@ -58,6 +58,7 @@ pub fn run(listen: SocketAddr, listen_tls: SocketAddr) -> Result<(), String> {
         group: None,
         shutdown_grace: Duration::from_secs(1),
         metrics: None,
+        listing_cache_messages: crate::store::DEFAULT_LISTING_CACHE,
         hostname: "localhost".into(),
     };
     let served = crate::server::run(config, None, |plain, implicit| {

@@ -87,6 +87,10 @@ struct Serve {
     /// most logged-in sessions of one user from one address (default 10)
     #[argh(option)]
     max_sessions_per_user_ip: Option<usize>,
+    /// most messages, over all Maildirs, whose listings are kept in memory between sessions,
+    /// about 150 bytes each; 0 keeps none (default 250000)
+    #[argh(option)]
+    listing_cache_messages: Option<usize>,
     /// longest pause after repeated failed logins from one address (default 15s)
     #[argh(option)]
     auth_failure_delay_max: Option<humantime::Duration>,
@@ -222,6 +226,7 @@ fn config_source(args: Serve) -> ConfigSource {
         allow_root: switch(args.allow_root),
         shutdown_grace: args.shutdown_grace.map(Into::into),
         metrics: args.metrics,
+        listing_cache_messages: args.listing_cache_messages,
     };
     ConfigSource {
         file: args.config,

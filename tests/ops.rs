@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, User, geteuid};
 
-use common::{BIN, Client, Server, crlf, deliver, messages_on_disk, read_message};
+use common::{BIN, Client, Server, crlf, deliver, messages_on_disk, read_message, settle};
 
 const USERS: &str = "alice:{PLAIN}secret::::::\n";
 /// The grace period the SIGTERM tests give busy sessions.
@@ -1384,10 +1384,9 @@ fn http_get(addr: SocketAddr, path: &str) -> (String, String, String) {
     (status.to_owned(), headers.to_owned(), body.to_owned())
 }
 
-#[test]
-fn metrics_count_logins_retrievals_updates_and_connections() {
-    let server = Server::start(USERS, &["--metrics", "127.0.0.1:0"]);
-    let metrics: SocketAddr = server
+/// The address the server's log says the metrics endpoint listens on.
+fn metrics_addr(server: &Server) -> SocketAddr {
+    server
         .log()
         .lines()
         .find_map(|l| {
@@ -1395,7 +1394,44 @@ fn metrics_count_logins_retrievals_updates_and_connections() {
             rest.ends_with(" (metrics)")
                 .then(|| rest.split_whitespace().next()?.parse().ok())?
         })
-        .unwrap_or_else(|| panic!("no metrics address in the log:\n{}", server.log()));
+        .unwrap_or_else(|| panic!("no metrics address in the log:\n{}", server.log()))
+}
+
+/// Two logins to an unchanged Maildir: the second reuses the listing kept in memory, which
+/// the metrics show; with `--listing-cache-messages 0` both read the folders.
+#[test]
+fn listings_kept_in_memory_show_in_the_metrics_and_can_be_turned_off() {
+    for (extra, hits, misses, used) in [(None, 1, 1, 3), (Some("0"), 0, 2, 0)] {
+        let mut args = vec!["--metrics", "127.0.0.1:0"];
+        args.extend(extra.iter().flat_map(|n| ["--listing-cache-messages", n]));
+        let server = Server::start(USERS, &args);
+        let maildir = server.maildir("alice");
+        deliver(&maildir, 1_700_000_000, b"Subject: one\n\n1\n");
+        deliver(&maildir, 1_700_000_001, b"Subject: two\n\n2\n");
+        settle(&maildir);
+        for _ in 0..2 {
+            let mut session = server.login("alice", "secret");
+            assert!(session.ok("STAT").starts_with("+OK 2 "));
+            session.ok("QUIT");
+        }
+        let body = http_get(metrics_addr(&server), "/metrics").2;
+        for line in [
+            format!("pop3d_listing_cache_hits_total {hits}"),
+            format!("pop3d_listing_cache_misses_total {misses}"),
+            format!("pop3d_listing_cache_used {used}"),
+        ] {
+            assert!(
+                body.lines().any(|l| l == line),
+                "{extra:?}: {line:?} in the metrics:\n{body}"
+            );
+        }
+    }
+}
+
+#[test]
+fn metrics_count_logins_retrievals_updates_and_connections() {
+    let server = Server::start(USERS, &["--metrics", "127.0.0.1:0"]);
+    let metrics = metrics_addr(&server);
     assert!(
         metrics.ip().is_loopback() && metrics.port() != 0,
         "{metrics}"
@@ -2046,15 +2082,7 @@ fn socket_activated_by_pop3d_socket_port_995_is_implicit_tls() {
 #[test]
 fn metrics_count_keep_mode_updates_by_mode() {
     let server = Server::start(USERS, &["--metrics", "127.0.0.1:0"]);
-    let metrics: SocketAddr = server
-        .log()
-        .lines()
-        .find_map(|l| {
-            let rest = l.split("listening on ").nth(1)?;
-            rest.ends_with(" (metrics)")
-                .then(|| rest.split_whitespace().next()?.parse().ok())?
-        })
-        .expect("the metrics address in the log");
+    let metrics = metrics_addr(&server);
     let maildir = server.maildir("alice");
     for i in 0..3 {
         deliver(&maildir, 1_700_000_000 + i, b"Subject: x\n\nx\n");

@@ -6,7 +6,7 @@ mod common;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use common::{Server, crlf, deliver, messages_on_disk};
+use common::{Server, crlf, deliver, messages_on_disk, settle};
 
 const USERS: &str = "alice:{PLAIN}secret::::::\nbob:{PLAIN}pw::::::mode=keep\n";
 
@@ -682,18 +682,6 @@ fn a_client_may_log_in_again_as_soon_as_quit_is_answered() {
                 &sample(round as usize),
             );
         }
-    }
-}
-
-/// Sets new/ and cur/ back in time, as if nothing had changed there for a while: the server
-/// then keeps the listing it reads in memory, and the steps below check that every kind of
-/// change by another program is seen anyway.
-fn settle(maildir: &std::path::Path) {
-    for sub in ["new", "cur"] {
-        let folder = std::fs::File::open(maildir.join(sub)).unwrap();
-        folder
-            .set_modified(std::time::SystemTime::now() - Duration::from_secs(10))
-            .unwrap();
     }
 }
 

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -15,6 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::{lifecycle::Shutdown, rt};
+use crate::store;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabel {
@@ -44,6 +46,10 @@ pub struct Metrics {
     pub octets_retrieved: Counter,
     /// Messages removed (delete mode) or hidden (keep mode) by QUIT, by mode.
     pub updates_applied: Family<ModeLabel, Counter>,
+    /// Copied from the store's own counters at each scrape.
+    listing_cache_hits: Counter,
+    listing_cache_misses: Counter,
+    listing_cache_used: Gauge,
 }
 
 impl Metrics {
@@ -58,6 +64,9 @@ impl Metrics {
             messages_retrieved: Counter::default(),
             octets_retrieved: Counter::default(),
             updates_applied: Family::default(),
+            listing_cache_hits: Counter::default(),
+            listing_cache_misses: Counter::default(),
+            listing_cache_used: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -100,6 +109,21 @@ impl Metrics {
             "Messages removed (delete mode) or hidden (keep mode) at QUIT",
             metrics.updates_applied.clone(),
         );
+        registry.register(
+            "listing_cache_hits",
+            "Logins that found their Maildir's listing kept in memory and current",
+            metrics.listing_cache_hits.clone(),
+        );
+        registry.register(
+            "listing_cache_misses",
+            "Logins that read their Maildir's new/ and cur/",
+            metrics.listing_cache_misses.clone(),
+        );
+        registry.register(
+            "listing_cache_used",
+            "Messages (plus one per Maildir) whose listings are kept, against listing_cache_messages",
+            metrics.listing_cache_used.clone(),
+        );
         Metrics {
             registry,
             ..metrics
@@ -120,6 +144,13 @@ impl Metrics {
 
     /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
+        let cache = store::listing_cache_stats();
+        self.listing_cache_hits.inner().store(cache.hits, Relaxed);
+        self.listing_cache_misses
+            .inner()
+            .store(cache.misses, Relaxed);
+        self.listing_cache_used
+            .set(i64::try_from(cache.used).unwrap_or(i64::MAX));
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);

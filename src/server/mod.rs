@@ -20,6 +20,7 @@ use sd_notify::NotifyState;
 use crate::auth::Users;
 use crate::config::{Config, ConfigSource};
 use crate::protocol::response::{self, Code};
+use crate::store;
 use lifecycle::Shutdown;
 use metrics::{ListenerLabel, Metrics};
 
@@ -64,11 +65,13 @@ impl Shared {
 
     /// SIGHUP: the configuration, the users file and the certificate are read again. What
     /// fails to load is reported and the old version stays in service, so a bad edit never
-    /// takes the server down. Listeners and limits keep their values until a restart.
+    /// takes the server down. Listeners and connection limits keep their values until a
+    /// restart.
     fn reload(&self) {
         let config = match &self.source {
             Some(source) => match source.load() {
                 Ok(config) => {
+                    store::set_listing_cache(config.listing_cache_messages);
                     let config = Arc::new(config);
                     write(&self.config, config.clone());
                     log::info!("reloaded the configuration");
@@ -121,6 +124,7 @@ pub fn run(
     on_ready: impl FnOnce(&[SocketAddr], &[SocketAddr]),
 ) -> Result<(), String> {
     let users = Users::load(&config.users_file).map_err(|e| e.to_string())?;
+    store::set_listing_cache(config.listing_cache_messages);
     log::info!(
         "loaded {} users from {}",
         users.len(),

@@ -10,15 +10,19 @@ use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::Entry;
 use crate::session::Message;
 
-/// Messages remembered across all Maildirs (about 150 bytes each); past it the least
-/// recently used listings are dropped.
-const MAX_CACHED_MESSAGES: usize = 250_000;
+/// Messages remembered across all Maildirs (about 150 bytes each) unless the configuration
+/// says otherwise (`listing_cache_messages`); past it the least recently used listings are
+/// dropped.
+pub const DEFAULT_BUDGET: usize = 250_000;
+
+static BUDGET: AtomicUsize = AtomicUsize::new(DEFAULT_BUDGET);
 
 /// How long after a folder's last change its stamp is trusted. File times come from a
 /// clock that ticks every few milliseconds: a rename in the same tick as the one before it
@@ -30,6 +34,14 @@ const SETTLE: Duration = Duration::from_secs(1);
 pub struct Listing {
     pub entries: Arc<Vec<Entry>>,
     pub messages: Arc<[Message]>,
+}
+
+impl Listing {
+    /// What the listing counts for in the budget: its messages, and one for itself, so that
+    /// empty mailboxes can't pile up unbounded.
+    fn weight(&self) -> usize {
+        self.messages.len() + 1
+    }
 }
 
 /// What identifies one state of a folder: its inode and its modification and change times
@@ -123,25 +135,13 @@ impl Cache {
         budget: usize,
     ) {
         if let Some(old) = self.listings.remove(dir) {
-            self.messages -= old.listing.messages.len();
+            self.messages -= old.listing.weight();
         }
-        let size = listing.messages.len();
+        let size = listing.weight();
         if !stamp.settled(now) || size > budget {
             return;
         }
-        while self.messages + size > budget {
-            let Some(oldest) = self
-                .listings
-                .iter()
-                .min_by_key(|(_, c)| c.last_used)
-                .map(|(path, _)| path.clone())
-            else {
-                break;
-            };
-            if let Some(old) = self.listings.remove(&oldest) {
-                self.messages -= old.listing.messages.len();
-            }
-        }
+        self.shrink_to(budget - size);
         self.clock += 1;
         self.messages += size;
         let last_used = self.clock;
@@ -154,6 +154,23 @@ impl Cache {
             },
         );
     }
+
+    /// Drops the least recently used listings until at most `budget` messages are left.
+    fn shrink_to(&mut self, budget: usize) {
+        while self.messages > budget {
+            let Some(oldest) = self
+                .listings
+                .iter()
+                .min_by_key(|(_, c)| c.last_used)
+                .map(|(path, _)| path.clone())
+            else {
+                break;
+            };
+            if let Some(old) = self.listings.remove(&oldest) {
+                self.messages -= old.listing.weight();
+            }
+        }
+    }
 }
 
 static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
@@ -163,14 +180,45 @@ fn with_cache<T>(f: impl FnOnce(&mut Cache) -> T) -> T {
     f(cache.get_or_insert_with(Cache::default))
 }
 
+static HITS: AtomicU64 = AtomicU64::new(0);
+static MISSES: AtomicU64 = AtomicU64::new(0);
+
 /// The listing of `dir` if it was read while its folders were as `stamp` says.
 pub fn cached(dir: &Path, stamp: &Stamp) -> Option<Arc<Listing>> {
-    with_cache(|cache| cache.get(dir, stamp))
+    let found = with_cache(|cache| cache.get(dir, stamp));
+    (if found.is_some() { &HITS } else { &MISSES }).fetch_add(1, Relaxed);
+    found
+}
+
+/// How well the kept listings serve logins, for the metrics, so the budget can be sized.
+pub struct CacheStats {
+    /// Logins that found their listing kept and current.
+    pub hits: u64,
+    /// Logins that read new/ and cur/.
+    pub misses: u64,
+    /// What the kept listings count against the budget: their messages, plus one each.
+    pub used: usize,
+}
+
+pub fn stats() -> CacheStats {
+    CacheStats {
+        hits: HITS.load(Relaxed),
+        misses: MISSES.load(Relaxed),
+        used: with_cache(|cache| cache.messages),
+    }
 }
 
 /// Keeps a listing read after `stamp` was taken, if the folders had settled by then.
 pub fn remember(dir: &Path, stamp: Stamp, listing: Arc<Listing>) {
-    with_cache(|cache| cache.put(dir, stamp, listing, SystemTime::now(), MAX_CACHED_MESSAGES))
+    let budget = BUDGET.load(Relaxed);
+    with_cache(|cache| cache.put(dir, stamp, listing, SystemTime::now(), budget))
+}
+
+/// Sets how many messages the kept listings may hold in all (0: none are kept), dropping
+/// what no longer fits at once.
+pub fn set_budget(messages: usize) {
+    BUDGET.store(messages, Relaxed);
+    with_cache(|cache| cache.shrink_to(messages));
 }
 
 #[cfg(test)]
@@ -254,10 +302,11 @@ mod tests {
         let dirs: Vec<PathBuf> = (0..3).map(|i| maildir(&format!("lru{i}"))).collect();
         let stamps: Vec<Stamp> = dirs.iter().map(|d| Stamp::of(d).unwrap()).collect();
         let mut cache = Cache::default();
-        cache.put(&dirs[0], stamps[0], listing(4), later(), 10);
-        cache.put(&dirs[1], stamps[1], listing(4), later(), 10);
+        // Each weighs 5: four messages and the listing itself.
+        cache.put(&dirs[0], stamps[0], listing(4), later(), 12);
+        cache.put(&dirs[1], stamps[1], listing(4), later(), 12);
         assert!(cache.get(&dirs[0], &stamps[0]).is_some());
-        cache.put(&dirs[2], stamps[2], listing(4), later(), 10);
+        cache.put(&dirs[2], stamps[2], listing(4), later(), 12);
         assert!(cache.get(&dirs[0], &stamps[0]).is_some());
         assert!(
             cache.get(&dirs[1], &stamps[1]).is_none(),
@@ -265,8 +314,16 @@ mod tests {
         );
         assert!(cache.get(&dirs[2], &stamps[2]).is_some());
         // A listing over the whole budget is not kept.
-        cache.put(&dirs[1], stamps[1], listing(11), later(), 10);
+        cache.put(&dirs[1], stamps[1], listing(12), later(), 12);
         assert!(cache.get(&dirs[1], &stamps[1]).is_none());
+        // A smaller budget drops the least recently used at once; 0 keeps nothing.
+        cache.shrink_to(5);
+        assert!(cache.get(&dirs[0], &stamps[0]).is_none());
+        assert!(cache.get(&dirs[2], &stamps[2]).is_some());
+        cache.shrink_to(0);
+        assert!(cache.get(&dirs[2], &stamps[2]).is_none());
+        cache.put(&dirs[2], stamps[2], listing(0), later(), 0);
+        assert!(cache.get(&dirs[2], &stamps[2]).is_none(), "even empty");
         for dir in dirs {
             fs::remove_dir_all(dir).unwrap();
         }

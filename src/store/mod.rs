@@ -19,6 +19,10 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use listing::{
+    DEFAULT_BUDGET as DEFAULT_LISTING_CACHE, set_budget as set_listing_cache,
+    stats as listing_cache_stats,
+};
 use listing::{Listing, Stamp};
 use lock::{LockError, SessionLock};
 

@@ -824,3 +824,14 @@ pub fn split_leading_fields<'a>(
     }
     Ok((fields, rest))
 }
+
+/// Sets new/ and cur/ back in time, as if nothing had changed there for a while: the server
+/// then keeps the listing it reads in memory (it waits for a second of quiet before it does).
+pub fn settle(maildir: &Path) {
+    for sub in ["new", "cur"] {
+        let folder = std::fs::File::open(maildir.join(sub)).unwrap();
+        folder
+            .set_modified(std::time::SystemTime::now() - Duration::from_secs(10))
+            .unwrap();
+    }
+}
