@@ -34,7 +34,7 @@ ORIGINAL_ARGS=("$@")
 repeats=5
 seconds=5
 clients=16
-rounds=3
+rounds=5
 messages=3000
 bigbox=100000
 idle=10000
@@ -397,6 +397,9 @@ start_dovecot() {
 
 start_pop3d() {
     local max=$((pop3d_idle + 4 * clients + 100)) _
+    # Emptied here, not by the redirection below: that happens in the child, and until then
+    # the wait below could find the last run's "ready".
+    : >"$work/pop3d/pop3d.log"
     "$pop3d" serve --listen "127.0.0.1:$pop3d_plain" --listen-tls "127.0.0.1:$pop3d_tls" \
         --tls-cert "$data/cert.pem" --tls-key "$data/key.pem" --users "$data/users" \
         --maildir "$data/mail/%u/Maildir" --mode keep \
