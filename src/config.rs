@@ -29,6 +29,8 @@ pub struct Config {
     pub enable_apop: bool,
     /// Idle time allowed before login.
     pub login_timeout: Duration,
+    /// Time allowed from connecting to logging in, however active the client.
+    pub login_time_limit: Duration,
     /// Idle time allowed after login (RFC 1939 §3: at least 10 minutes).
     pub idle_timeout: Duration,
     /// Pause before answering a failed login, to slow down password guessing.
@@ -79,6 +81,8 @@ pub struct FileConfig {
     pub enable_apop: Option<bool>,
     #[serde(default, with = "humantime_serde_opt")]
     pub login_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub login_time_limit: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     pub idle_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
@@ -174,6 +178,10 @@ impl FileConfig {
                 .login_timeout
                 .or(self.login_timeout)
                 .unwrap_or(Duration::from_secs(60)),
+            login_time_limit: flags
+                .login_time_limit
+                .or(self.login_time_limit)
+                .unwrap_or(Duration::from_secs(180)),
             idle_timeout: flags
                 .idle_timeout
                 .or(self.idle_timeout)
@@ -234,6 +242,9 @@ impl FileConfig {
         {
             return Err("connection and session limits must be at least 1".into());
         }
+        if config.login_timeout.is_zero() || config.login_time_limit.is_zero() {
+            return Err("login_timeout and login_time_limit must be more than 0".into());
+        }
         if config.idle_timeout < MIN_IDLE_TIMEOUT {
             log::warn!(
                 "idle timeout {} is below the 10 minutes RFC 1939 asks for",
@@ -277,6 +288,7 @@ mod tests {
         assert_eq!(config.mode, Mode::Delete);
         assert_eq!(config.idle_timeout, Duration::from_secs(900));
         assert_eq!(config.login_timeout, Duration::from_secs(60));
+        assert_eq!(config.login_time_limit, Duration::from_secs(180));
         assert!(!config.allow_plaintext_auth);
     }
 

@@ -45,6 +45,7 @@ pub fn run(listen: SocketAddr, listen_tls: SocketAddr) -> Result<(), String> {
         allow_plaintext_auth: false,
         enable_apop: false,
         login_timeout: Duration::from_secs(60),
+        login_time_limit: Duration::from_secs(180),
         idle_timeout: Duration::from_secs(600),
         auth_failure_delay: Duration::from_secs(2),
         max_connections: 100,

@@ -72,6 +72,9 @@ struct Serve {
     /// idle time allowed before login (default 60s)
     #[argh(option)]
     login_timeout: Option<humantime::Duration>,
+    /// time allowed from connecting to logging in, however busy the client (default 3m)
+    #[argh(option)]
+    login_time_limit: Option<humantime::Duration>,
     /// idle time allowed after login (default 10m, the RFC 1939 minimum)
     #[argh(option)]
     idle_timeout: Option<humantime::Duration>,
@@ -213,6 +216,7 @@ fn config_source(args: Serve) -> ConfigSource {
         allow_plaintext_auth: switch(args.allow_plaintext_auth),
         enable_apop: switch(args.enable_apop),
         login_timeout: args.login_timeout.map(Into::into),
+        login_time_limit: args.login_time_limit.map(Into::into),
         idle_timeout: args.idle_timeout.map(Into::into),
         auth_failure_delay: args.auth_failure_delay.map(Into::into),
         max_connections: args.max_connections,

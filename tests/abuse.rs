@@ -181,3 +181,36 @@ fn three_failed_logins_close_the_connection() {
     }
     assert_eq!(c.read_to_end(), b"");
 }
+
+/// A client that keeps the connection busy without logging in (a CAPA every 200 ms, well
+/// within the idle timeout) is closed once the login time limit is up; one that logged in
+/// in time is not.
+#[test]
+fn a_busy_client_that_never_logs_in_is_closed_at_the_login_time_limit() {
+    let server = Server::start(USERS, &["--login-time-limit", "2s"]);
+    let started = Instant::now();
+    let mut busy = server.connect();
+    let mut member = server.connect();
+    member.ok("USER alice");
+    member.ok("PASS secret");
+    let closed = loop {
+        assert!(started.elapsed() < Duration::from_secs(15), "never closed");
+        std::thread::sleep(Duration::from_millis(200));
+        busy.send(b"CAPA\r\n");
+        let status = busy.line();
+        if status.starts_with("-ERR") {
+            assert!(status.contains("Login time limit"), "{status}");
+            assert_eq!(busy.read_to_end(), b"", "closed after the -ERR");
+            break started.elapsed();
+        }
+        assert!(status.starts_with("+OK"), "{status}");
+        busy.multiline();
+    };
+    assert!(
+        closed >= Duration::from_millis(1900),
+        "closed after {closed:?}"
+    );
+    // The logged-in session outlives the limit.
+    member.ok("NOOP");
+    member.ok("QUIT");
+}

@@ -30,6 +30,8 @@ const WRITE_CHUNK: usize = 256 * 1024;
 const FILE_CHUNK: usize = 128 * 1024;
 /// An idle session keeps an output buffer no larger than this.
 const IDLE_OUT: usize = 4 * 1024;
+const IDLE_TOO_LONG: &[u8] = b"-ERR Timeout, closing connection\r\n";
+const LOGIN_TIME_UP: &[u8] = b"-ERR Login time limit reached, closing connection\r\n";
 /// How long a client may take to accept what we write before we give up on it.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -95,6 +97,8 @@ struct Context<'a> {
     config: Arc<Config>,
     peer: SocketAddr,
     listener: &'a ListenerLabel,
+    /// When the client must be logged in by, however busy it keeps the connection.
+    login_deadline: Instant,
 }
 
 /// Serves one client: plain (offering STLS when a certificate is loaded), or TLS from the
@@ -108,9 +112,11 @@ pub async fn serve(
 ) {
     // Our own batching decides when bytes go out; Nagle would only add latency.
     let _ = stream.set_nodelay(true);
+    let config = shared.config();
     let ctx = Context {
         shared,
-        config: shared.config(),
+        login_deadline: Instant::now() + config.login_time_limit,
+        config,
         peer,
         listener,
     };
@@ -165,7 +171,11 @@ async fn handshake(
     ctx: &Context<'_>,
 ) -> Option<tls::TlsStream<rt::TcpStream>> {
     let acceptor = acceptor?;
-    let accept = rt::timeout(ctx.config.login_timeout, acceptor.accept(stream));
+    let limit = ctx
+        .config
+        .login_timeout
+        .min(ctx.login_deadline.saturating_duration_since(Instant::now()));
+    let accept = rt::timeout(limit, acceptor.accept(stream));
     // A client that never completes its handshake must not hold up a shutdown.
     let shutdown = async {
         ctx.shared.shutdown.wait().await;
@@ -266,7 +276,16 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             let limit = if self.session.is_logged_in() {
                 self.ctx.config.idle_timeout
             } else {
-                self.ctx.config.login_timeout
+                // Dovecot's rule too: a client that keeps sending without logging in (a
+                // command a minute, say) must not hold its connection slot for ever.
+                let left = self
+                    .ctx
+                    .login_deadline
+                    .saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return self.time_out(LOGIN_TIME_UP).await;
+                }
+                self.ctx.config.login_timeout.min(left)
             };
             let shutdown = self.ctx.shared.shutdown.clone();
             let read = rt::timeout(limit, self.stream.read(reader.unfilled()));
@@ -290,10 +309,15 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 Ok(n) => reader.filled(n),
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                     // RFC 1939 §3: an autologout timer closes without entering UPDATE.
-                    self.out
-                        .extend_from_slice(b"-ERR Timeout, closing connection\r\n");
-                    let _ = self.flush().await;
-                    return End::Timeout;
+                    let time_up =
+                        !self.session.is_logged_in() && Instant::now() >= self.ctx.login_deadline;
+                    return self
+                        .time_out(if time_up {
+                            LOGIN_TIME_UP
+                        } else {
+                            IDLE_TOO_LONG
+                        })
+                        .await;
                 }
                 Err(e) => return End::Error(e.to_string()),
             }
@@ -601,6 +625,13 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         if self.out.capacity() > IDLE_OUT {
             self.out = Vec::with_capacity(256);
         }
+    }
+
+    /// Says why the connection closes, and closes it.
+    async fn time_out(&mut self, why: &[u8]) -> End {
+        self.out.extend_from_slice(why);
+        let _ = self.flush().await;
+        End::Timeout
     }
 
     fn login_name(&self) -> &str {
