@@ -197,9 +197,22 @@ stop_dovecot() {
     rm -f "$work/dovecot/run/master.pid"
 }
 
+# True while PID runs (a child that has exited but not been waited for does not).
+running() {
+    [[ -r /proc/$1/status ]] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
+}
+
 stop_pop3d() {
     [[ -n $pop3d_pid ]] || return 0
-    kill "$pop3d_pid" 2>/dev/null || true
+    # SIGTERM again every 2 s: one that lands between fork and exec is taken by the forked
+    # shell and lost. pop3d's grace period is 10 s; after 20 s, SIGKILL.
+    local i
+    for ((i = 0; i < 100; i++)); do
+        running "$pop3d_pid" || break
+        ((i % 10)) || kill "$pop3d_pid" 2>/dev/null || true
+        sleep 0.2
+    done
+    kill -KILL "$pop3d_pid" 2>/dev/null || true
     wait "$pop3d_pid" 2>/dev/null || true
     pop3d_pid=
 }
