@@ -1842,3 +1842,44 @@ fn startup_refuses_a_key_that_does_not_match_the_certificate() {
         }
     }
 }
+
+/// A TLS client that vanishes without close_notify (a phone losing signal, a killed app)
+/// ended its session as a disconnect, not as a server error in the log.
+#[test]
+fn a_tls_client_gone_without_close_notify_is_logged_as_disconnected() {
+    require_python();
+    let (server, cert) = tls_server(USERS, true, &[]);
+    let script = r#"
+import os, socket, ssl, sys
+host, port, cafile = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+ctx = ssl.create_default_context(cafile=cafile)
+s = ctx.wrap_socket(socket.create_connection((host, port)), server_hostname="localhost")
+f = s.makefile("rb")
+assert f.readline().startswith(b"+OK")
+for line in (b"USER alice\r\n", b"PASS secret\r\n"):
+    s.sendall(line)
+    assert f.readline().startswith(b"+OK")
+os.close(s.detach())
+print("vanished")
+"#;
+    let port = server.tls_addr.unwrap().port().to_string();
+    let out = common::python_script(
+        &server,
+        script,
+        &["127.0.0.1", &port, cert.cert()],
+        CLIENT_DEADLINE,
+        "python3 ssl",
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "vanished");
+    assert!(
+        server.wait_for_log("session end: user=\"alice\""),
+        "{}",
+        server.log()
+    );
+    let log = server.log();
+    let end = log
+        .lines()
+        .find(|l| l.contains("session end: user=\"alice\""))
+        .unwrap();
+    assert!(end.ends_with("end=disconnected"), "{end}");
+}

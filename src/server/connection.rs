@@ -319,6 +319,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                         })
                         .await;
                 }
+                // A TLS client gone without close_notify (phones often are): not a fault.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return End::Disconnected,
                 Err(e) => return End::Error(e.to_string()),
             }
         }
