@@ -45,6 +45,8 @@ FIGURES = [
      "server_cpu_ms_per_mb", "ms", "lower", None),
     ("idle_pss", "Memory per idle session (PSS)", "idle", "idle", "plain",
      "pss_kb_per_session", "KB", "lower", (0.05, "le")),
+    ("idle_tls_pss", "Memory per idle TLS session (PSS)", "idle", "idle", "tls",
+     "pss_kb_per_session", "KB", "lower", None),
     ("bigbox_cold_login", "100k mailbox: login+STAT, cold", "main", "bigbox", "plain",
      "cold_login_stat_s", "s", "lower", None),
     ("bigbox_warm_login", "100k mailbox: login+STAT, warm", "main", "bigbox", "plain",
@@ -257,6 +259,23 @@ def tls_negotiated(runs, server):
     return ", ".join(sorted(seen)) or "n/a"
 
 
+def idle_tls_detail(runs):
+    """How many implicit-TLS idle sessions each server held, the fewest over its runs."""
+    counts = [
+        metric(r, "idle", "tls", "sessions")
+        for server in ("pop3d", "dovecot")
+        for r in runs[server]
+        if r["part"] == "idle"
+    ]
+    counts = [int(c) for c in counts if c is not None]
+    if not counts:
+        return ""
+    return (
+        f" Then {min(counts):,} implicit-TLS sessions on each, opened while the plain ones "
+        "are held, so their memory is what TLS sessions add."
+    )
+
+
 def idle_detail(runs, server):
     sessions = [metric(r, "idle", "plain", "sessions") for r in runs[server] if r["part"] == "idle"]
     procs = [
@@ -314,7 +333,8 @@ def markdown(args, runs, rows, settings, dovecot_config):
         f"({tls_negotiated(runs, 'pop3d')} on both). RETR: one client downloads the "
         f"{settings.get('messages', '?')}-message mixed mailbox with pipelined RETRs, "
         f"{settings.get('rounds', '?')} times per run, every message checked against its file. "
-        f"Idle: pop3d {idle_detail(runs, 'pop3d')}; Dovecot {idle_detail(runs, 'dovecot')}. "
+        f"Idle: pop3d {idle_detail(runs, 'pop3d')}; Dovecot {idle_detail(runs, 'dovecot')}."
+        f"{idle_tls_detail(runs)} "
         "CPU: utime+stime of the server's whole process tree from /proc, ended processes "
         "included. MB = 10^6 octets. Both servers share the 2 CPUs with the client.\n"
     )

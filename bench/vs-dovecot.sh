@@ -39,6 +39,7 @@ messages=3000
 bigbox=100000
 idle=10000
 dovecot_idle=2000
+idle_tls=1000
 wait_quiet=0
 retries=2
 # A run during which other processes used more of the machine than this (percent) is redone.
@@ -64,6 +65,8 @@ usage: sudo $0 [options]
   --dovecot-idle N   idle sessions on Dovecot, one process each (default $dovecot_idle: its
                      memory per session hardly depends on the count, and 10,000
                      processes take minutes to start and stop on a small machine)
+  --idle-tls N       implicit-TLS idle sessions opened on each server while the plain
+                     ones are held, measured apart (default $idle_tls)
   --wait-quiet S     before each run, wait up to S seconds for other processes to use less
                      than $disturbed% of the machine (default $wait_quiet: don't wait)
   --retries N        redo a run during which other processes used over $disturbed% of the
@@ -84,6 +87,7 @@ while (($#)); do
     --bigbox) bigbox=$2; shift 2 ;;
     --idle) idle=$2; shift 2 ;;
     --dovecot-idle) dovecot_idle=$2; shift 2 ;;
+    --idle-tls) idle_tls=$2; shift 2 ;;
     --wait-quiet) wait_quiet=$2; shift 2 ;;
     --retries) retries=$2; shift 2 ;;
     --out) out_dir=$2; shift 2 ;;
@@ -93,7 +97,7 @@ while (($#)); do
     *) echo "vs-dovecot: unknown option $1" >&2; usage >&2; exit 2 ;;
     esac
 done
-for n in repeats clients rounds messages bigbox idle dovecot_idle; do
+for n in repeats clients rounds messages bigbox idle dovecot_idle idle_tls; do
     [[ ${!n} =~ ^[1-9][0-9]*$ ]] || { echo "vs-dovecot: --${n/_/-} must be a positive integer" >&2; exit 2; }
 done
 for n in wait_quiet retries; do
@@ -254,11 +258,11 @@ ulimit -n "$(ulimit -Hn)"
 nofile=$(ulimit -n)
 # pop3d holds one descriptor per logged-in session (its socket; the sessions of a mailbox
 # share one lock descriptor), as does the client (pop3bench).
-pop3d_idle=$(( idle < nofile - 200 ? idle : nofile - 200 ))
+pop3d_idle=$(( idle < nofile - 200 - idle_tls ? idle : nofile - 200 - idle_tls ))
 if ((pop3d_idle < idle)); then
     log "open-files limit $nofile: pop3d's idle sessions lowered from $idle to $pop3d_idle"
 fi
-if ((dovecot_idle > nofile - 200)); then dovecot_idle=$((nofile - 200)); fi
+if ((dovecot_idle > nofile - 200 - idle_tls)); then dovecot_idle=$((nofile - 200 - idle_tls)); fi
 
 read -r eph_low eph_high </proc/sys/net/ipv4/ip_local_port_range
 # Four free loopback ports outside the ephemeral range, so that no client connection can hold
@@ -292,7 +296,7 @@ pop3d_plain=${ports[0]} pop3d_tls=${ports[1]} dovecot_plain=${ports[2]} dovecot_
 
 nproc=$(nproc)
 # pop3 processes: one per session (client_limit 1), reused (service_count 0).
-pop3_processes=$((dovecot_idle + 4 * clients + 100))
+pop3_processes=$((dovecot_idle + idle_tls + 4 * clients + 100))
 # Every service's client limit must cover the processes that may connect to it: auth, for
 # one, serves the login processes and the pop3 processes' userdb lookups.
 client_limit=$((2 * pop3_processes + 100))
@@ -328,7 +332,7 @@ first_valid_uid = $mail_uid
 # POP3 clients that download and delete gain nothing from \\Seen updates.
 pop3_no_flag_updates = yes
 # All of pop3bench's sessions are one user from one address.
-mail_max_userip_connections = $((dovecot_idle + 4 * clients + 100))
+mail_max_userip_connections = $pop3_processes
 
 default_process_limit = $pop3_processes
 default_client_limit = $client_limit
@@ -409,7 +413,7 @@ start_dovecot() {
 }
 
 start_pop3d() {
-    local max=$((pop3d_idle + 4 * clients + 100)) _
+    local max=$((pop3d_idle + idle_tls + 4 * clients + 100)) _
     # Emptied here, not by the redirection below: that happens in the child, and until then
     # the wait below could find the last run's "ready".
     : >"$work/pop3d/pop3d.log"
@@ -466,7 +470,7 @@ attempt() {
     pop3d) plain=$pop3d_plain tls=$pop3d_tls label="pop3d $revision" n=$pop3d_idle ;;
     esac
     case $part in
-    idle) bench=idle extra=(--idle "$n") ;;
+    idle) bench=idle extra=(--idle "$n" --idle-tls "$idle_tls") ;;
     main) bench=sessions,retr,bigbox; forget_bigbox "$server" ;;
     esac
     wait_for_quiet
@@ -556,7 +560,7 @@ python3 "$REPO/bench/report.py" \
     --pop3d "pop3d $revision" --dovecot "Dovecot ${dovecot_version%% *}" \
     --dovecot-build "Dovecot $dovecot_version" \
     --os "$os_name" \
-    --settings "clients=$clients seconds=$seconds rounds=$rounds messages=$messages bigbox=$bigbox idle_pop3d=$pop3d_idle idle_dovecot=$dovecot_idle repeats=$repeats nofile=$nofile wait_quiet=$wait_quiet retries=$retries" \
+    --settings "clients=$clients seconds=$seconds rounds=$rounds messages=$messages bigbox=$bigbox idle_pop3d=$pop3d_idle idle_dovecot=$dovecot_idle idle_tls=$idle_tls repeats=$repeats nofile=$nofile wait_quiet=$wait_quiet retries=$retries" \
     --dovecot-config "$work/dovecot/doveconf-n.txt" \
     --elapsed "$elapsed"
 log "wrote $out_dir/results.md, $out_dir/results.svg, $out_dir/results.json in $((elapsed / 60)) min $((elapsed % 60)) s"

@@ -112,6 +112,10 @@ struct Args {
     /// logged-in sessions the idle workload holds open (default 2000)
     #[argh(option, default = "2000")]
     idle: usize,
+    /// logged-in implicit-TLS sessions the idle workload then holds open, when the server
+    /// has a TLS port (default 1000; 0 skips them)
+    #[argh(option, default = "1000")]
+    idle_tls: usize,
     /// messages in the bigbox workload's mailbox (default 100000)
     #[argh(option, default = "100000")]
     bigbox: usize,
@@ -203,7 +207,7 @@ fn run(args: &Args) -> Result<(), String> {
     }
     // Before the daemon starts: it inherits the raised limit.
     let fds = if workloads.contains(&Workload::Idle) {
-        args.idle as u64
+        (args.idle + args.idle_tls) as u64
     } else {
         0
     } + 3 * args.clients as u64
@@ -277,6 +281,7 @@ fn check_args(args: &Args) -> Result<(), String> {
     bounded("rounds", args.rounds, 100)?;
     bounded("batch", args.batch, 1000)?;
     bounded("idle", args.idle, 100_000)?;
+    bounded("idle-tls", args.idle_tls, 100_000)?;
     bounded("bigbox", args.bigbox, 2_000_000)?;
     if !(args.seconds > 0.0 && args.seconds <= 3600.0) {
         return Err("--seconds must be above 0 and at most 3600".into());
@@ -488,7 +493,7 @@ impl Env {
 
         // Room for the idle sessions plus everything else; the default (1000) would turn
         // the idle workload's sessions away.
-        let max_connections = (args.idle + 3 * args.clients + 64).max(1000);
+        let max_connections = (args.idle + args.idle_tls + 3 * args.clients + 64).max(1000);
         let mut daemon_args: Vec<String> = [
             "serve",
             "--listen",
@@ -2550,18 +2555,62 @@ fn max(values: &[f64]) -> f64 {
 /// sessions are open, and after they close. Meaningful on a fresh server only (as in the
 /// self-contained mode): memory freed by earlier sessions stays with the allocator and is
 /// reused, so a second run against the same --target process shows almost nothing.
+/// Plain sessions, then (with a TLS port) implicit-TLS sessions opened while the plain ones
+/// are still held: each wave's memory is what the server took on for it, not memory freed by
+/// an earlier wave and reused. A row per transport.
 fn bench_idle(env: &Env, args: &Args, report: &mut Report) -> Result<(), String> {
+    let mut waves = vec![idle_wave(env, Transport::Plain, args.idle)];
+    if args.idle_tls > 0 && env.retr_transports().contains(&Transport::Tls) {
+        waves.push(idle_wave(env, Transport::Tls, args.idle_tls));
+    }
+    // The sessions must still be alive for the readings to mean anything: ask a sample.
+    for wave in &mut waves {
+        for c in wave.clients.iter_mut().step_by(50) {
+            if let Err(e) = c.cmd("NOOP") {
+                wave.errors.add(&format!("NOOP on an idle session: {e}"));
+            }
+        }
+    }
+    let opened: Vec<usize> = waves.iter().map(|w| w.clients.len()).collect();
+    for wave in &mut waves {
+        wave.clients.clear();
+    }
+    thread::sleep(Duration::from_secs(1));
+    let after = env.memory();
+    for (wave, open) in waves.into_iter().zip(opened) {
+        idle_row(env, wave, open, after, report);
+    }
+    Ok(())
+}
+
+/// Idle sessions of one transport, held open until the workload ends.
+struct IdleWave {
+    transport: Transport,
+    clients: Vec<Client>,
+    before: Option<Memory>,
+    during: Option<Memory>,
+    open_seconds: f64,
+    cpu: Option<f64>,
+    errors: Errors,
+}
+
+/// Opens `count` logged-in sessions over `transport` and reads the server's memory while
+/// they are held.
+fn idle_wave(env: &Env, transport: Transport, count: usize) -> IdleWave {
     let (user, pass) = (env.idle_login.0.as_str(), env.idle_login.1.as_str());
-    let errors = Errors::new("idle");
+    let errors = Errors::new(format!("idle/{}", transport.name()));
     let before = env.memory();
     let server_cpu = ServerCpu::start(env);
-    eprintln!("pop3bench: idle: opening {} sessions as {user}", args.idle);
+    eprintln!(
+        "pop3bench: idle/{}: opening {count} sessions as {user}",
+        transport.name()
+    );
     let started = Instant::now();
     let give_up = started + IDLE_OPEN_LIMIT;
-    let mut clients: Vec<Client> = thread::scope(|scope| {
+    let clients: Vec<Client> = thread::scope(|scope| {
         let workers: Vec<_> = (0..IDLE_OPENERS)
             .map(|k| {
-                let share = args.idle / IDLE_OPENERS + usize::from(k < args.idle % IDLE_OPENERS);
+                let share = count / IDLE_OPENERS + usize::from(k < count % IDLE_OPENERS);
                 let errors = &errors;
                 scope.spawn(move || {
                     let mut mine = Vec::with_capacity(share);
@@ -2570,7 +2619,7 @@ fn bench_idle(env: &Env, args: &Args, report: &mut Report) -> Result<(), String>
                             errors.add("opening the sessions took too long; giving up");
                             break;
                         }
-                        let opened = Client::connect(env, Transport::Plain, SMALL_BUF)
+                        let opened = Client::connect(env, transport, SMALL_BUF)
                             .and_then(|mut c| c.login(user, pass).map(|_| c));
                         match opened {
                             Ok(c) => mine.push(c),
@@ -2587,21 +2636,36 @@ fn bench_idle(env: &Env, args: &Args, report: &mut Report) -> Result<(), String>
             .collect()
     });
     let open_seconds = started.elapsed().as_secs_f64();
-    let open = clients.len();
     let cpu = server_cpu.used(env);
-    eprintln!("pop3bench: idle: {open} sessions open in {open_seconds:.1} s; settling 1 s");
+    eprintln!(
+        "pop3bench: idle/{}: {} sessions open in {open_seconds:.1} s; settling 1 s",
+        transport.name(),
+        clients.len()
+    );
     thread::sleep(Duration::from_secs(1));
-    let during = env.memory();
-    // The sessions must still be alive for the reading to mean anything: ask a sample.
-    for c in clients.iter_mut().step_by(50) {
-        if let Err(e) = c.cmd("NOOP") {
-            errors.add(&format!("NOOP on an idle session: {e}"));
-        }
+    IdleWave {
+        transport,
+        clients,
+        before,
+        during: env.memory(),
+        open_seconds,
+        cpu,
+        errors,
     }
-    drop(clients);
-    thread::sleep(Duration::from_secs(1));
-    let after = env.memory();
+}
 
+/// The row of one wave; `open` sessions were held, `after` is the memory once all closed.
+fn idle_row(env: &Env, wave: IdleWave, open: usize, after: Option<Memory>, report: &mut Report) {
+    let IdleWave {
+        transport,
+        before,
+        during,
+        open_seconds,
+        cpu,
+        errors,
+        ..
+    } = wave;
+    let user = env.idle_login.0.as_str();
     let per_session = |f: fn(&Memory) -> Option<u64>| {
         let (b, d) = (f(before.as_ref()?)?, f(during.as_ref()?)?);
         Some((d as f64 - b as f64) / open.max(1) as f64)
@@ -2646,7 +2710,7 @@ fn bench_idle(env: &Env, args: &Args, report: &mut Report) -> Result<(), String>
     };
     report.rows.push(Row {
         workload: "idle",
-        transport: "plain".into(),
+        transport: transport.name().into(),
         result: match (rss_per, pss_per) {
             (Some(r), Some(p)) => format!("{r:.1} KB/session RSS, {p:.1} KB PSS"),
             (Some(r), None) => format!("{r:.1} KB/session RSS"),
@@ -2671,7 +2735,6 @@ fn bench_idle(env: &Env, args: &Args, report: &mut Report) -> Result<(), String>
         errors: errors.count(),
         metrics,
     });
-    Ok(())
 }
 
 /// Metric names are `&'static str`; the few built at run time are leaked (once per run).
@@ -2962,6 +3025,7 @@ impl Report {
             ("rounds", Json::Num(args.rounds as f64)),
             ("batch", Json::Num(args.batch as f64)),
             ("idle", Json::Num(args.idle as f64)),
+            ("idle_tls", Json::Num(args.idle_tls as f64)),
             ("bigbox", Json::Num(args.bigbox as f64)),
             ("seed", Json::Num(args.seed as f64)),
             ("tls_resume", Json::Bool(args.tls_resume)),
