@@ -213,7 +213,7 @@ impl Mailbox {
     /// True if the message already carries the Seen flag, so RETR has nothing to rename.
     pub fn is_seen(&self, index: usize) -> bool {
         let entry = &self.entries[index];
-        names::seen_name(&entry.name, entry.in_new).is_none()
+        names::is_seen(&entry.name, entry.in_new)
     }
 
     /// Sets the Seen flag (moving the message from new/ to cur/), so an IMAP client of the

@@ -53,16 +53,21 @@ pub fn wire_size(unique: &str) -> Option<u64> {
 
 /// The name a message gets in cur/ once seen, or None if it already has the S flag there.
 pub fn seen_name(name: &str, in_new: bool) -> Option<String> {
-    let current = flags(name);
-    if !in_new && current.contains('S') {
+    if is_seen(name, in_new) {
         return None;
     }
+    let current = flags(name);
     // Maildir flags are kept in ASCII order, each once.
     let mut all: Vec<char> = current.chars().chain(['S']).collect();
     all.sort_unstable();
     all.dedup();
     let flags: String = all.into_iter().collect();
     Some(format!("{}:2,{flags}", unique(name)))
+}
+
+/// True for a message in cur/ that carries the Seen flag: nothing to rename.
+pub fn is_seen(name: &str, in_new: bool) -> bool {
+    !in_new && flags(name).contains('S')
 }
 
 #[cfg(test)]
