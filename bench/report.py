@@ -319,6 +319,7 @@ def markdown(args, runs, rows, settings, dovecot_config):
     w(
         f"Machine: {m.get('nproc', '?')} CPUs, {m.get('cpu', '?')}, Linux {m.get('kernel', '?')}"
         + (f", {args.os}" if args.os else "")
+        + f", TCP congestion control {m.get('tcp_congestion', '?')}"
         + f". {args.pop3d}, {args.dovecot_build or args.dovecot}. {now}"
         + (f"; the script took {args.elapsed / 60:.1f} min." if args.elapsed else ".")
         + "\n"
@@ -484,7 +485,8 @@ def svg(args, runs, rows, settings):
     )
     legend.append(text(x + 10, legend_y, "the issue's target for pop3d", size=12))
     caption = (
-        f"{m.get('nproc', '?')} CPUs, {m.get('cpu', '?')}, Linux {m.get('kernel', '?')}; "
+        f"{m.get('nproc', '?')} CPUs, {m.get('cpu', '?')}, Linux {m.get('kernel', '?')} "
+        f"({m.get('tcp_congestion', '?')}); "
         f"medians of {settings.get('repeats', '?')} runs each; bars normalised to Dovecot = 1, "
         "labelled with the absolute values"
     )

@@ -47,6 +47,7 @@ disturbed=10
 out_dir="$REPO/bench"
 tmp_parent=${TMPDIR:-/tmp}
 keep=0
+tcp_congestion=
 mail_user=${BENCH_MAIL_USER:-nobody}
 mail_group=${BENCH_MAIL_GROUP:-nogroup}
 
@@ -74,6 +75,11 @@ usage: sudo $0 [options]
   --out DIR          where results.md, results.svg, results.json go (default bench/)
   --tmpdir DIR       parent of the temporary folder (default \$TMPDIR or /tmp)
   --keep             keep the temporary folder (data set, configs, logs, raw results)
+  --tcp-congestion ALG
+                     run with Linux's TCP congestion control set to ALG (cubic, bbr, ...)
+                     for both servers, and set it back afterwards (default: leave the
+                     machine's; the report names the one in use). On loopback, BBR's pacing
+                     adds a timer per burst to the sender's CPU time.
 EOF
 }
 
@@ -93,6 +99,7 @@ while (($#)); do
     --out) out_dir=$2; shift 2 ;;
     --tmpdir) tmp_parent=$2; shift 2 ;;
     --keep) keep=1; shift ;;
+    --tcp-congestion) tcp_congestion=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "vs-dovecot: unknown option $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -104,6 +111,10 @@ for n in wait_quiet retries; do
     [[ ${!n} =~ ^[0-9]+$ ]] || { echo "vs-dovecot: --${n/_/-} must be a whole number" >&2; exit 2; }
 done
 [[ $seconds =~ ^[0-9]+(\.[0-9]+)?$ ]] || { echo "vs-dovecot: --seconds must be a number" >&2; exit 2; }
+[[ -z $tcp_congestion || $tcp_congestion =~ ^[a-z0-9_]+$ ]] || {
+    echo "vs-dovecot: --tcp-congestion takes a name such as cubic or bbr" >&2
+    exit 2
+}
 
 log() { printf 'vs-dovecot: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -226,6 +237,10 @@ clean_up() {
     trap - EXIT INT TERM HUP
     stop_pop3d
     stop_dovecot
+    if [[ -n $congestion_before ]]; then
+        sysctl -qw "net.ipv4.tcp_congestion_control=$congestion_before" ||
+            log "warning: could not set net.ipv4.tcp_congestion_control back to $congestion_before"
+    fi
     if ((keep)); then
         log "kept $work"
     else
@@ -233,9 +248,20 @@ clean_up() {
     fi
     exit "$status"
 }
+congestion_before=
 trap clean_up EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM HUP
+
+congestion_now=$(</proc/sys/net/ipv4/tcp_congestion_control)
+if [[ -n $tcp_congestion && $tcp_congestion != "$congestion_now" ]]; then
+    grep -qw -- "$tcp_congestion" /proc/sys/net/ipv4/tcp_available_congestion_control ||
+        modprobe "tcp_$tcp_congestion" 2>/dev/null || true
+    congestion_before=$congestion_now
+    sysctl -qw "net.ipv4.tcp_congestion_control=$tcp_congestion" ||
+        die "cannot set TCP congestion control $tcp_congestion (available: $(</proc/sys/net/ipv4/tcp_available_congestion_control))"
+    log "TCP congestion control $tcp_congestion for this run (was $congestion_before)"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # 3. The data set

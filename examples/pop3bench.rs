@@ -2997,6 +2997,9 @@ struct Report {
     nproc: usize,
     cpu_model: String,
     kernel: String,
+    /// Linux's TCP congestion control: BBR paces with a timer per burst, which costs a
+    /// loopback sender more CPU per MB than cubic does.
+    tcp_congestion: String,
     server: String,
     revision: Option<String>,
     /// The run's settings, for the header and the JSON.
@@ -3018,6 +3021,8 @@ impl Report {
             .map_or("unknown CPU".into(), |(_, m)| m.trim().to_owned());
         let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
             .map_or("unknown".into(), |k| k.trim().to_owned());
+        let tcp_congestion = fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+            .map_or("unknown".into(), |c| c.trim().to_owned());
         let mut settings = vec![
             ("bench", Json::Str(args.bench.clone())),
             ("clients", Json::Num(args.clients as f64)),
@@ -3038,6 +3043,7 @@ impl Report {
             nproc: thread::available_parallelism().map_or(0, |n| n.get()),
             cpu_model,
             kernel,
+            tcp_congestion,
             server: env.label.clone(),
             revision: env.fixture.as_ref().and_then(|_| pop3d_revision()),
             settings,
@@ -3066,8 +3072,8 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "### pop3bench: {} CPUs, {}, Linux {}; server {}",
-            self.nproc, self.cpu_model, self.kernel, self.server
+            "### pop3bench: {} CPUs, {}, Linux {} (TCP congestion control {}); server {}",
+            self.nproc, self.cpu_model, self.kernel, self.tcp_congestion, self.server
         );
         let _ = writeln!(out);
         let mailbox = match self.settings.iter().find(|(n, _)| *n == "mailbox_octets") {
@@ -3147,6 +3153,7 @@ impl Report {
                     ("nproc", Json::Num(self.nproc as f64)),
                     ("cpu", Json::Str(self.cpu_model.clone())),
                     ("kernel", Json::Str(self.kernel.clone())),
+                    ("tcp_congestion", Json::Str(self.tcp_congestion.clone())),
                 ]),
             ),
             ("server", Json::Str(self.server.clone())),
